@@ -1,0 +1,224 @@
+"""One config object for a swarm: keyword-only frozen dataclasses, validated on creation.
+
+Everything that must be equal on every peer of a swarm (model, codec, outer step, vote
+rules, round timing) lives in :class:`SwarmConfig`, which the genesis record carries.
+What may differ per peer (data dir, threads, fault mode) is not here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A setting is out of range; the message names the setting and the allowed range."""
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Byte-level transformer shape (stdlib-lm) or a task-specific size hint."""
+
+    layers: int = 2
+    d_model: int = 64
+    heads: int = 4
+    context: int = 64
+    vocab: int = 256
+
+    def __post_init__(self) -> None:
+        _check(self.layers >= 1, f"model.layers must be >= 1, got {self.layers}")
+        _check(self.d_model >= 8, f"model.d_model must be >= 8, got {self.d_model}")
+        _check(self.heads >= 1 and self.d_model % self.heads == 0,
+               f"model.heads must divide d_model ({self.d_model}), got {self.heads}")
+        _check(self.context >= 2, f"model.context must be >= 2, got {self.context}")
+        _check(1 <= self.vocab <= 1 << 20, f"model.vocab must be in [1, 2^20], got {self.vocab}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Inner optimisation (DiLoCo inner loop: AdamW)."""
+
+    batch_size: int = 16
+    inner_steps: int = 200
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.inner_steps >= 1, f"train.inner_steps must be >= 1, got {self.inner_steps}")
+        _check(0 < self.lr < 1, f"train.lr must be in (0, 1), got {self.lr}")
+        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.grad_clip > 0, f"train.grad_clip must be > 0, got {self.grad_clip}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CodecConfig:
+    """How a pseudo-gradient is sent: top-k density per chunk and value bits.
+
+    ``density=1.0, bits=32`` sends the update dense in fp32 (uncompressed DiLoCo).
+    """
+
+    density: float = 0.01
+    bits: int = 2
+    chunk: int = 4096
+
+    def __post_init__(self) -> None:
+        _check(0 < self.density <= 1, f"codec.density must be in (0, 1], got {self.density}")
+        _check(self.bits in (2, 4, 8, 32), f"codec.bits must be 2, 4, 8 or 32, got {self.bits}")
+        _check(self.chunk >= 2 and self.chunk & (self.chunk - 1) == 0 and self.chunk <= 1 << 16,
+               f"codec.chunk must be a power of two in [2, 65536], got {self.chunk}")
+
+    @property
+    def compressed(self) -> bool:
+        return self.density < 1.0 or self.bits < 32
+
+
+@dataclass(frozen=True, kw_only=True)
+class OuterConfig:
+    """The outer step that turns the merged pseudo-gradient into the next version.
+
+    ``nesterov``: DiLoCo's Nesterov SGD, for uncompressed updates. ``sparseloco``: the
+    error-feedback buffer decays by ``ef_decay`` and acts as the momentum; the outer step
+    is a plain average times ``lr`` (error feedback plus Nesterov diverged in
+    MEASUREMENTS.md, so the two are not combined).
+    """
+
+    kind: Literal["nesterov", "sparseloco"] = "sparseloco"
+    lr: float = 1.0
+    momentum: float = 0.9
+    ef_decay: float = 0.95
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("nesterov", "sparseloco"),
+               f"outer.kind must be 'nesterov' or 'sparseloco', got {self.kind!r}")
+        _check(0 < self.lr <= 10, f"outer.lr must be in (0, 10], got {self.lr}")
+        _check(0 <= self.momentum < 1, f"outer.momentum must be in [0, 1), got {self.momentum}")
+        _check(0 <= self.ef_decay <= 1, f"outer.ef_decay must be in [0, 1], got {self.ef_decay}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VoteConfig:
+    """Rules a checker applies to one update.
+
+    An update is accepted when all hold: every value finite; its norm within
+    ``[min_norm_ratio, max_norm_ratio]`` times the round's median norm; and the held-out
+    loss after applying it alone is at most ``loss_before + tolerance``.
+    """
+
+    heldout_batches: int = 4
+    tolerance: float = 0.0
+    max_norm_ratio: float = 4.0
+    min_norm_ratio: float = 0.1
+    checkers_per_update: int = 3
+
+    def __post_init__(self) -> None:
+        _check(self.heldout_batches >= 1, f"vote.heldout_batches must be >= 1, got {self.heldout_batches}")
+        _check(self.tolerance >= 0, f"vote.tolerance must be >= 0, got {self.tolerance}")
+        _check(self.max_norm_ratio > 1, f"vote.max_norm_ratio must be > 1, got {self.max_norm_ratio}")
+        _check(0 <= self.min_norm_ratio < 1, f"vote.min_norm_ratio must be in [0, 1), got {self.min_norm_ratio}")
+        _check(self.checkers_per_update >= 1,
+               f"vote.checkers_per_update must be >= 1, got {self.checkers_per_update}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundTiming:
+    """Phase lengths in seconds, timed from the genesis time (used by the network swarm)."""
+
+    train_s: float = 20.0
+    commit_s: float = 4.0
+    vote_s: float = 8.0
+    agree_s: float = 4.0
+
+    def __post_init__(self) -> None:
+        for name in ("train_s", "commit_s", "vote_s", "agree_s"):
+            _check(getattr(self, name) > 0, f"timing.{name} must be > 0, got {getattr(self, name)}")
+
+    @property
+    def round_s(self) -> float:
+        return self.train_s + self.commit_s + self.vote_s + self.agree_s
+
+
+@dataclass(frozen=True, kw_only=True)
+class SwarmConfig:
+    """All settings every peer of one swarm must share (carried by the genesis record)."""
+
+    task: str = "stdlib-lm"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    outer: OuterConfig = field(default_factory=OuterConfig)
+    vote: VoteConfig = field(default_factory=VoteConfig)
+    timing: RoundTiming = field(default_factory=RoundTiming)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.task), "task must be a built-in name or 'module:function'")
+        _check(0 <= self.seed < 2**63, f"seed must be in [0, 2^63), got {self.seed}")
+        _check(not (self.codec.compressed and self.outer.kind == "nesterov" and self.outer.ef_decay > 0),
+               "outer.kind='nesterov' with a compressing codec diverges (MEASUREMENTS.md): "
+               "use outer.kind='sparseloco', or codec density=1.0 bits=32, or outer.ef_decay=0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (msgpack/TOML friendly); ``from_dict(to_dict(c)) == c``."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SwarmConfig":
+        sections = {"model": ModelConfig, "train": TrainConfig, "codec": CodecConfig,
+                    "outer": OuterConfig, "vote": VoteConfig, "timing": RoundTiming}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        _check(not unknown, f"unknown config keys {sorted(unknown)}; known: {sorted(known)}")
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in sections:
+                _check(isinstance(value, dict), f"config section {key!r} must be a table")
+                sub = sections[key]
+                sub_known = {f.name for f in dataclasses.fields(sub)}
+                bad = set(value) - sub_known
+                _check(not bad, f"unknown keys {sorted(bad)} in [{key}]; known: {sorted(sub_known)}")
+                if "betas" in value:
+                    value = {**value, "betas": tuple(value["betas"])}
+                kwargs[key] = sub(**value)
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> "SwarmConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def preset(name: str) -> SwarmConfig:
+    """Named presets. ``smoke``: seconds-long rounds for tests; ``demo``: a few minutes on a laptop."""
+    if name == "smoke":
+        return SwarmConfig(
+            train=TrainConfig(batch_size=8, inner_steps=60),
+            codec=CodecConfig(density=0.05, bits=2),
+            vote=VoteConfig(heldout_batches=2),
+            timing=RoundTiming(train_s=6.0, commit_s=3.0, vote_s=5.0, agree_s=3.0),
+        )
+    if name == "demo":
+        return SwarmConfig(
+            train=TrainConfig(batch_size=16, inner_steps=300),
+            codec=CodecConfig(density=0.02, bits=2),
+            timing=RoundTiming(train_s=15.0, commit_s=3.0, vote_s=6.0, agree_s=3.0),
+        )
+    if name == "small":
+        return SwarmConfig(
+            model=ModelConfig(layers=4, d_model=128, heads=4, context=128),
+            train=TrainConfig(batch_size=16, inner_steps=100),
+            codec=CodecConfig(density=0.02, bits=2),
+            timing=RoundTiming(train_s=30.0, commit_s=5.0, vote_s=15.0, agree_s=5.0),
+        )
+    raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+
+
+PRESETS: tuple[str, ...] = ("smoke", "demo", "small")
