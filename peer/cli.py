@@ -1,0 +1,130 @@
+"""The ``swarmtrain`` command line.
+
+Every subcommand turns bad input into one line on stderr and exit code 2 (usage) or 1
+(runtime failure) — never a traceback for a user mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from swarmtrain.peer.config import PRESETS, CodecConfig, ConfigError, SwarmConfig, preset
+from swarmtrain.peer.faults import FAULT_MODES, FaultError
+from swarmtrain.peer.tasks.base import TaskError
+
+if TYPE_CHECKING:
+    from swarmtrain.peer.simulate import RoundReport
+
+
+class UsageError(ValueError):
+    """A flag value that cannot work; printed as one line, exit code 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_swarm_options(parser: argparse.ArgumentParser) -> None:
+    """Flags that shape the swarm's shared config (task, preset, codec)."""
+    parser.add_argument("--task", default=None,
+                        help="built-in task (stdlib-lm, synthetic) or module:function (default: stdlib-lm)")
+    parser.add_argument("--preset", choices=PRESETS, default=None,
+                        help="smoke: tiny and fast, for checks; demo: a few minutes; small: a bigger model")
+    parser.add_argument("--density", type=float, default=None, help="top-k density per chunk, (0, 1]")
+    parser.add_argument("--bits", type=int, default=None, help="value bits: 2, 4, 8 or 32")
+    parser.add_argument("--inner-steps", type=_positive_int, default=None, help="local AdamW steps per round")
+    parser.add_argument("--uncompressed", action="store_true",
+                        help="send dense fp32 updates and use DiLoCo's Nesterov outer step")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the initial model and data")
+
+
+def swarm_config_from_args(args: argparse.Namespace, default_preset: str) -> SwarmConfig:
+    """Build the shared config: preset, then flag overrides; raises ConfigError on bad values."""
+    config = preset(args.preset or default_preset)
+    if args.task:
+        config = config.replace(task=args.task)
+    if args.seed is not None:
+        config = config.replace(seed=args.seed)
+    if args.inner_steps is not None:
+        config = config.replace(train=dataclasses.replace(config.train, inner_steps=args.inner_steps))
+    if args.uncompressed:
+        config = config.replace(codec=CodecConfig(density=1.0, bits=32, chunk=config.codec.chunk),
+                                outer=dataclasses.replace(config.outer, kind="nesterov", lr=0.7, momentum=0.9))
+    if args.density is not None or args.bits is not None:
+        config = config.replace(codec=dataclasses.replace(
+            config.codec,
+            density=config.codec.density if args.density is None else args.density,
+            bits=config.codec.bits if args.bits is None else args.bits,
+        ))
+    return config
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import torch
+
+    from swarmtrain.peer.simulate import Simulation
+    from swarmtrain.peer.terminal import print_round, print_summary, simulation_header
+
+    torch.set_num_threads(args.threads)
+    config = swarm_config_from_args(args, default_preset="demo")
+    sim = Simulation(config, peers=args.peers, fault=args.fault)
+    if args.json:
+        reports = sim.run(args.rounds, on_round=lambda r: print(json.dumps(_report_dict(r)), flush=True))
+        return 0 if reports else 1
+    print(simulation_header(config, args.peers, args.fault, sim.validation_loss()))
+    reports = sim.run(args.rounds, on_round=print_round)
+    print_summary(reports, fault_peer=sim.peers[-1].name if args.fault else None)
+    return 0
+
+
+def _report_dict(report: "RoundReport") -> dict[str, object]:
+    data: dict[str, object] = dataclasses.asdict(report)
+    data["accepted"], data["rejected"] = report.accepted, report.rejected
+    return data
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="swarmtrain",
+        description="Train one model together over a peer-to-peer swarm.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sim = sub.add_parser("simulate", help="K virtual peers in one process run whole rounds (no network)")
+    sim.add_argument("--peers", type=_positive_int, default=4)
+    sim.add_argument("--rounds", type=_positive_int, default=8)
+    sim.add_argument("--fault", choices=list(FAULT_MODES), default=None,
+                     help="make the last peer misbehave: " + "; ".join(f"{k}: {v}" for k, v in FAULT_MODES.items()))
+    sim.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")
+    sim.add_argument("--json", action="store_true", help="one JSON object per round instead of the table")
+    _add_swarm_options(sim)
+    sim.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ConfigError, FaultError, TaskError, UsageError) as error:
+        print(f"swarmtrain: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("swarmtrain: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

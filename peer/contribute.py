@@ -1,0 +1,114 @@
+"""One peer's contribution to a round: inner steps, pseudo-gradient, error feedback, encode.
+
+Shared by the one-process simulator and the networked peer, so both run the same math.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from swarmtrain.peer import faults
+from swarmtrain.peer.config import SwarmConfig
+from swarmtrain.peer.feedback import ErrorFeedback
+from swarmtrain.peer.tasks import Task
+from swarmtrain.peer.trainer import LocalTrainer
+from swarmtrain.peer.vote import update_norm
+from swarmtrain.protocol import encode_update_and_reconstruct, update_digest
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    """What a peer publishes for one round (the commitment) and serves (the payload)."""
+
+    payload: bytes
+    digest: bytes            # BLAKE2b-256 of ``payload``
+    committed_digest: bytes  # what the commitment claims (differs only for bad-checksum)
+    base_version: bytes
+    samples: int
+    train_loss: float
+    steps: int
+    train_seconds: float
+    sent_norm: float = 0.0  # norm of the decoded payload (a checker's own reference norm)
+
+
+def pseudo_gradient(start: Mapping[str, Tensor], trained: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """DiLoCo's outer gradient: ``V(r) - local params`` (so the outer step subtracts it)."""
+    return {name: start[name].to(torch.float32) - trained[name].to(torch.float32) for name in start}
+
+
+class Contributor:
+    """A peer's training side across rounds: its trainer, its error feedback, its fault mode."""
+
+    def __init__(self, task: Task, config: SwarmConfig, *, stream_seed: int, fault: str | None = None) -> None:
+        self.config = config
+        self.fault = faults.validate_fault(fault)
+        self.trainer = LocalTrainer(task, config.train, stream_seed=stream_seed)
+        decay = config.outer.ef_decay if config.codec.compressed else 0.0
+        self.feedback = ErrorFeedback(decay)
+        self._generator = torch.Generator().manual_seed(0x5EED + stream_seed)
+        self._previous: LocalUpdate | None = None
+        self._previous_base: tuple[dict[str, Tensor], bytes] | None = None
+
+    def contribute(
+        self,
+        params: Mapping[str, Tensor],
+        version: bytes,
+        *,
+        steps: int | None = None,
+        deadline: float | None = None,
+    ) -> LocalUpdate:
+        """Train from ``params`` (version ``version``) and return this round's update."""
+        mode = self.fault
+        if mode == "replay" and self._previous is not None:
+            replayed = self._previous  # resend last round's bytes under this round's base
+            return LocalUpdate(replayed.payload, replayed.digest, replayed.digest, version,
+                               replayed.samples, replayed.train_loss, 0, 0.0)
+        base_params, base_version = dict(params), version
+        if mode == "stale-base" and self._previous_base is not None:
+            base_params, base_version = self._previous_base
+        self._previous_base = ({k: v.clone() for k, v in params.items()}, version)
+
+        started = time.monotonic()
+        samples, train_loss, done = 0, float("nan"), 0
+        if faults.trains(mode):
+            self.trainer.load_params(base_params)
+            report = self.trainer.run(steps or self.config.train.inner_steps, deadline=deadline)
+            delta = pseudo_gradient(base_params, self.trainer.params())
+            samples, train_loss, done = report.samples, report.mean_loss, report.steps
+        else:
+            # A free rider claims a full round of samples without computing anything.
+            delta = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in base_params.items()}
+            samples = self.config.train.inner_steps * self.config.train.batch_size
+        to_send = self.feedback.accumulate(delta)
+        to_send = faults.corrupt(mode, to_send, self._generator)
+        payload, sent = encode_update_and_reconstruct(
+            to_send,
+            density=self.config.codec.density,
+            bits=self.config.codec.bits,
+            chunk=self.config.codec.chunk,
+            check_finite=not faults.allows_nonfinite(mode),
+        )
+        if mode is None or mode in ("stale-base", "bad-checksum"):
+            # Honest arithmetic: only what really left this peer leaves the buffer.
+            self.feedback.settle(sent)
+        else:
+            self.feedback.load_state({})  # a faulty peer's residual is meaningless
+        digest = update_digest(payload)
+        update = LocalUpdate(
+            payload=payload,
+            digest=digest,
+            committed_digest=faults.corrupt_digest(mode, digest),
+            base_version=base_version,
+            samples=samples,
+            train_loss=train_loss,
+            steps=done,
+            train_seconds=time.monotonic() - started,
+            sent_norm=update_norm(sent) if faults.trains(mode) else 0.0,
+        )
+        self._previous = update
+        return update

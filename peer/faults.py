@@ -1,0 +1,77 @@
+"""Misbehaviour on purpose (``--fault MODE``), so anyone can watch the swarm reject it.
+
+Tensor faults change what is encoded; payload and commitment faults change what is
+published about it. Each mode names the check that should catch it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+# mode -> the check expected to reject it (shown in docs and the CLI help)
+FAULT_MODES: dict[str, str] = {
+    "noise": "loss vote (random direction of honest size raises the held-out loss)",
+    "scale": "norm check (10x the honest size)",
+    "sign-flip": "loss vote (the update points uphill)",
+    "nan": "decoder / finite check (NaN values)",
+    "bad-checksum": "digest check (served bytes do not match the commitment)",
+    "stale-base": "base-version check (built on an older version)",
+    "replay": "replay check (resends an update already seen)",
+    "free-rider": "norm check (claims samples, trains nothing, sends almost nothing)",
+}
+
+SCALE_FACTOR = 10.0
+
+
+class FaultError(ValueError):
+    """Unknown fault mode; the message lists the valid ones."""
+
+
+def validate_fault(mode: str | None) -> str | None:
+    if mode is None or mode in FAULT_MODES:
+        return mode
+    raise FaultError(f"unknown fault mode {mode!r}; choose one of: {', '.join(FAULT_MODES)}")
+
+
+def trains(mode: str | None) -> bool:
+    """Whether a peer in this mode spends compute on inner steps."""
+    return mode != "free-rider"
+
+
+def corrupt(mode: str | None, update: Mapping[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
+    """The tensors a faulty peer encodes instead of its honest ``update``."""
+    out = {name: t.clone() for name, t in update.items()}
+    if mode == "scale":
+        return {name: t * SCALE_FACTOR for name, t in out.items()}
+    if mode == "sign-flip":
+        return {name: -t for name, t in out.items()}
+    if mode == "noise":
+        noisy: dict[str, Tensor] = {}
+        for name, t in out.items():
+            noise = torch.randn(t.shape, generator=generator, dtype=torch.float32)
+            scale = t.norm() / noise.norm().clamp_min(1e-12)
+            noisy[name] = noise * scale
+        return noisy
+    if mode == "nan":
+        for t in out.values():
+            if t.numel():
+                t.view(-1)[:: max(1, t.numel() // 7)] = float("nan")
+        return out
+    if mode == "free-rider":
+        return {name: torch.randn(t.shape, generator=generator) * 1e-7 for name, t in out.items()}
+    return out
+
+
+def allows_nonfinite(mode: str | None) -> bool:
+    """The NaN fault must bypass the encoder's finite check to build its hostile payload."""
+    return mode == "nan"
+
+
+def corrupt_digest(mode: str | None, digest: bytes) -> bytes:
+    """The digest a ``bad-checksum`` peer commits to (one bit off the real one)."""
+    if mode != "bad-checksum":
+        return digest
+    return bytes([digest[0] ^ 0x01]) + digest[1:]

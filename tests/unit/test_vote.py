@@ -1,0 +1,100 @@
+"""Judging single updates, tallying votes, drawing checkers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from swarmtrain.peer.assignment import assignments, checkers_for, to_check
+from swarmtrain.peer.config import VoteConfig
+from swarmtrain.peer.vote import Tally, judge, median_norm, tally, update_norm
+
+TARGET = torch.tensor([1.0, -2.0, 3.0])
+
+
+def _loss(params: dict[str, torch.Tensor]) -> float:
+    return float(((params["w"] - TARGET) ** 2).sum())
+
+
+PARAMS = {"w": torch.zeros(3)}
+GOOD = {"w": -0.5 * TARGET}  # V - 1.0 * update moves halfway to TARGET
+
+
+def _judge(update: dict[str, torch.Tensor], median: float | None = None, **cfg: float) -> "object":
+    return judge(update, params=PARAMS, loss_before=_loss(PARAMS), evaluate=_loss,
+                 round_median_norm=update_norm(GOOD) if median is None else median,
+                 config=VoteConfig(**cfg), outer_lr=1.0)
+
+
+def test_honest_update_accepted_with_loss_delta() -> None:
+    v = _judge(GOOD)
+    assert v.accept and v.reason == "ok"
+    assert v.loss_delta is not None and v.loss_delta < 0
+
+
+def test_sign_flip_rejected_by_loss() -> None:
+    v = _judge({"w": -GOOD["w"]})
+    assert not v.accept and "loss rose" in v.reason
+
+
+def test_scaled_update_rejected_by_norm() -> None:
+    v = _judge({"w": GOOD["w"] * 10})
+    assert not v.accept and "above" in v.reason
+
+
+def test_tiny_update_rejected_by_norm() -> None:
+    v = _judge({"w": GOOD["w"] * 1e-4})
+    assert not v.accept and "below" in v.reason
+
+
+def test_nan_and_shape_rejected() -> None:
+    assert "non-finite" in _judge({"w": torch.tensor([float("nan"), 0.0, 0.0])}).reason
+    assert "shape" in _judge({"w": torch.zeros(4)}).reason
+    assert "unknown" in _judge({"x": torch.zeros(3)}).reason
+
+
+def test_tolerance_admits_small_loss_increase() -> None:
+    slight = {"w": torch.tensor([0.0, 0.0, 0.01])}  # moves away from TARGET a little
+    assert not _judge(slight, median=update_norm(slight)).accept
+    assert _judge(slight, median=update_norm(slight), tolerance=1.0).accept
+
+
+def test_median_norm_ignores_non_finite() -> None:
+    assert median_norm([1.0, math.inf, 3.0]) == 2.0
+    assert median_norm([]) is None
+
+
+def test_tally_majority_and_ignores_unassigned_voters() -> None:
+    d1, d2 = b"\x01" * 32, b"\x02" * 32
+    votes = {"a": {d1: True, d2: False}, "b": {d1: True, d2: False}, "c": {d1: False, d2: True},
+             "mallory": {d2: True}}
+    checkers = {d1: ["a", "b", "c"], d2: ["a", "b", "c"]}
+    result = tally(votes, checkers)
+    assert result[d1] == Tally(2, 1) and result[d1].accepted
+    assert result[d2] == Tally(1, 2) and not result[d2].accepted
+
+
+def test_tie_and_no_votes_reject() -> None:
+    d = b"\x03" * 32
+    assert not tally({"a": {d: True}, "b": {d: False}}, {d: ["a", "b"]})[d].accepted
+    assert not tally({}, {d: ["a"]})[d].accepted
+
+
+def test_checkers_exclude_author_and_are_deterministic() -> None:
+    peers = [f"p{i}" for i in range(10)]
+    d = b"\x09" * 32
+    a = checkers_for(3, d, "p1", peers, 3)
+    assert len(a) == 3 and "p1" not in a
+    assert a == checkers_for(3, d, "p1", list(reversed(peers)), 3)
+    draws = {tuple(checkers_for(r, d, "p1", peers, 3)) for r in range(20)}
+    assert len(draws) > 5  # the draw changes with the round
+
+
+def test_small_swarm_checks_everything() -> None:
+    peers = ["a", "b", "c"]
+    authors = {b"\x01" * 32: "a", b"\x02" * 32: "b", b"\x03" * 32: "c"}
+    table = assignments(0, authors, peers, 3)
+    assert table[b"\x01" * 32] == sorted(["b", "c"], key=lambda p: table[b"\x01" * 32].index(p))
+    assert set(table[b"\x01" * 32]) == {"b", "c"}
+    assert to_check(0, "a", authors, peers, 3) == [b"\x02" * 32, b"\x03" * 32]
