@@ -11,11 +11,20 @@ import dataclasses
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from swarmtrain.peer.config import PRESETS, CodecConfig, ConfigError, SwarmConfig, preset
 from swarmtrain.peer.faults import FAULT_MODES, FaultError
 from swarmtrain.peer.tasks.base import TaskError
+
+def _runtime_errors() -> tuple[type[BaseException], ...]:
+    """Failures that are the world's, not a bug: one line for the user, exit code 1."""
+    from swarmtrain.dht import BootstrapError, DHTTimeoutError, IdentityError
+    from swarmtrain.peer.node import JoinError
+    from swarmtrain.peer.store import StoreError
+    return (BootstrapError, DHTTimeoutError, IdentityError, JoinError, StoreError)
+
 
 if TYPE_CHECKING:
     from swarmtrain.peer.simulate import RoundReport
@@ -94,6 +103,42 @@ def _report_dict(report: "RoundReport") -> dict[str, object]:
     return data
 
 
+_SWARM_FLAGS = ("task", "preset", "density", "bits", "inner_steps", "seed")
+
+
+def _insisted_config(args: argparse.Namespace) -> SwarmConfig | None:
+    """The settings a joining peer asked for explicitly (None: adopt the swarm's genesis)."""
+    explicit = args.uncompressed or any(getattr(args, name) is not None for name in _SWARM_FLAGS)
+    return swarm_config_from_args(args, default_preset="demo") if explicit else None
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    import signal
+
+    import torch
+
+    from swarmtrain.peer.node import Node, NodeOptions
+
+    torch.set_num_threads(args.threads)
+    # SIGTERM ends the peer like Ctrl-C: leave the DHT, stop serving, release the data dir.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    insisted = _insisted_config(args)
+    options = NodeOptions(
+        swarm=args.swarm, data_dir=Path(args.data_dir or f"swarm-data/{args.swarm}"),
+        initial_peers=tuple(args.initial_peers or ()), host=args.host, port=args.port,
+        rounds=args.rounds, fault=args.fault, config=insisted,
+        new_swarm_config=insisted or swarm_config_from_args(args, default_preset="demo"),
+        start_delay=args.start_delay,
+        announce=lambda line: print(line, flush=True),
+    )
+    node = Node(options)
+    try:
+        node.run()
+    finally:
+        node.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="swarmtrain",
@@ -110,6 +155,22 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--json", action="store_true", help="one JSON object per round instead of the table")
     _add_swarm_options(sim)
     sim.set_defaults(func=cmd_simulate)
+
+    join = sub.add_parser("join", help="run a peer: start a swarm, or join one with --initial-peers")
+    join.add_argument("--swarm", default="demo", help="swarm name (default: demo)")
+    join.add_argument("--initial-peers", nargs="+", metavar="MADDR",
+                      help="multiaddrs of peers already in the swarm (none: start a new swarm)")
+    join.add_argument("--data-dir", default=None, help="identity, versions and checkpoints (default: swarm-data/SWARM)")
+    join.add_argument("--rounds", type=_positive_int, default=None, help="leave after this many rounds")
+    join.add_argument("--fault", choices=list(FAULT_MODES), default=None,
+                      help="misbehave on purpose so the swarm rejects this peer's updates")
+    join.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
+    join.add_argument("--port", type=int, default=0, help="TCP port to listen on (0: any free port)")
+    join.add_argument("--start-delay", type=float, default=0.0,
+                      help="when starting a swarm: round 0 begins this many seconds from now")
+    join.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")
+    _add_swarm_options(join)
+    join.set_defaults(func=cmd_join)
     return parser
 
 
@@ -121,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FaultError, TaskError, UsageError) as error:
         print(f"swarmtrain: error: {error}", file=sys.stderr)
         return 2
+    except _runtime_errors() as error:
+        print(f"swarmtrain: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("swarmtrain: interrupted", file=sys.stderr)
         return 130

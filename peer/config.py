@@ -167,8 +167,9 @@ class SwarmConfig:
                "use outer.kind='sparseloco', or codec density=1.0 bits=32, or outer.ef_decay=0")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict (msgpack/TOML friendly); ``from_dict(to_dict(c)) == c``."""
-        return dataclasses.asdict(self)
+        """Plain dict (msgpack/TOML friendly: lists, not tuples); ``from_dict(to_dict(c)) == c``."""
+        return dataclasses.asdict(self, dict_factory=lambda items: {k: list(v) if isinstance(v, tuple) else v
+                                                                    for k, v in items})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SwarmConfig":

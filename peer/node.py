@@ -1,0 +1,243 @@
+"""A running peer: joins the DHT, agrees on the genesis, then plays rounds until told to stop.
+
+Threads: the main thread trains, checks and merges; hivemind's DHT runs in its own child
+process; the blob exchange runs an event loop in a thread (:mod:`exchange`). Everything
+a round needs from other peers comes from signed DHT records (:mod:`swarmtrain.dht`) and
+from payloads whose digests those records commit to.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from swarmtrain.dht import (GenesisRecord, PeerRecord, SwarmRecords, load_or_create_identity, start_dht,
+                            visible_maddrs)
+from swarmtrain.peer.check import Checker
+from swarmtrain.peer.clock import Phase, PhaseClock
+from swarmtrain.peer.config import SwarmConfig
+from swarmtrain.peer.contribute import Contributor
+from swarmtrain.peer.exchange import Exchange
+from swarmtrain.peer.merge import OuterOptimizer, full_state
+from swarmtrain.peer.rounds import RoundEngine, RoundSummary
+from swarmtrain.peer.state import ModelState, load_version
+from swarmtrain.peer.store import VersionStore
+from swarmtrain.peer.sync import StateSync
+from swarmtrain.peer.tasks import load_task
+from swarmtrain.peer.trainer import model_params
+from swarmtrain.protocol import genesis_version_id, state_checksum
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+SOFTWARE_VERSION = "swarmtrain 0.1.0"
+# A peer joins a round's training only with at least this share of the phase left;
+# otherwise it waits for the next round (it would send a weak, late update).
+MIN_TRAIN_SHARE = 0.5
+
+
+class JoinError(RuntimeError):
+    """This peer cannot join the swarm as configured; the message says what to change."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeOptions:
+    """What differs per peer (the swarm's shared settings come from the genesis)."""
+
+    swarm: str
+    data_dir: Path
+    initial_peers: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 0
+    rounds: int | None = None          # leave after contributing to this many rounds
+    fault: str | None = None
+    config: SwarmConfig | None = None  # settings this peer insists on (None: adopt the genesis)
+    new_swarm_config: SwarmConfig = field(default_factory=SwarmConfig)
+    start_delay: float = 0.0           # a new swarm's round 0 starts this many seconds later
+    announce: Callable[[str], None] = print
+
+
+class Node:
+    def __init__(self, options: NodeOptions) -> None:
+        self.options = options
+        self.data_dir = options.data_dir.expanduser().resolve()
+        self.identity = load_or_create_identity(self.data_dir)
+        self.dht = start_dht(initial_peers=list(options.initial_peers), identity=self.identity,
+                             swarm=options.swarm, host=options.host, port=options.port)
+        self.exchange: Exchange | None = None
+        self.store: VersionStore | None = None
+        try:
+            self.records = SwarmRecords(self.dht, self.identity, options.swarm)
+            self.addresses = visible_maddrs(self.dht)
+            self.exchange = Exchange.start(self.dht)
+            self.genesis = self._establish_genesis()
+            self.config = SwarmConfig.from_dict(self.genesis.config)
+            self.clock = PhaseClock(self.genesis.genesis_time, self.config.timing)
+            self.store = VersionStore(self.data_dir / "versions")
+            self.task = load_task(self.config)
+            self.state = self._initial_state()
+            seed = int.from_bytes(self.identity.peer_id.encode()[-6:], "big")
+            self.contributor = Contributor(self.task, self.config, stream_seed=seed, fault=options.fault)
+            self.checker = Checker(self.task, self.config, heldout_seed=seed + 1)
+            self.sync = StateSync(self)
+            self.engine = RoundEngine(self)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- start-up --------------------------------------------------------------------
+
+    def _establish_genesis(self) -> GenesisRecord:
+        """Join the existing genesis, or propose ours when the swarm has none."""
+        existing = self.records.read_genesis(pin=self._pinned_genesis())
+        if existing is None and self.options.initial_peers:
+            # The swarm may still be starting (or the bootstrap is a plain hivemind node):
+            # give a concurrent starter a moment before proposing a genesis of our own.
+            deadline = time.monotonic() + 3.0
+            while existing is None and time.monotonic() < deadline:
+                time.sleep(0.5)
+                existing = self.records.read_genesis(pin=self._pinned_genesis())
+        if existing is None:
+            if self._pinned_genesis() is not None:
+                raise JoinError(f"this data dir belongs to a swarm whose genesis is no longer in the DHT; "
+                                f"use a new --data-dir to start or join {self.options.swarm!r} afresh")
+            config = self.options.config or self.options.new_swarm_config
+            candidate = GenesisRecord(
+                protocol_version=PROTOCOL_VERSION, swarm=self.options.swarm, task=config.task,
+                config=config.to_dict(), initial_checksum=_initial_checksum(config).hex(),
+                genesis_time=time.time() + self.options.start_delay, creator=self.identity.peer_id,
+            )
+            existing = self.records.establish_genesis(candidate)
+        else:
+            self.records.publish_genesis(existing)  # endorse, so it outlives its creator
+        self._check_genesis(existing)
+        (self.data_dir / "genesis.json").write_text(json.dumps({"digest": existing.digest()}))
+        return existing
+
+    def _pinned_genesis(self) -> str | None:
+        path = self.data_dir / "genesis.json"
+        if not path.exists():
+            return None
+        try:
+            return str(json.loads(path.read_text())["digest"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise JoinError(f"{path} is damaged ({error}); delete it to rejoin the swarm") from error
+
+    def _check_genesis(self, genesis: GenesisRecord) -> None:
+        if genesis.protocol_version != PROTOCOL_VERSION:
+            raise JoinError(f"swarm {genesis.swarm!r} speaks protocol v{genesis.protocol_version}, "
+                            f"this swarmtrain speaks v{PROTOCOL_VERSION}: upgrade swarmtrain")
+        try:
+            theirs = SwarmConfig.from_dict(genesis.config)
+        except (ValueError, TypeError) as error:
+            raise JoinError(f"the genesis of {genesis.swarm!r} holds settings this version cannot read: {error}") \
+                from error
+        mine = self.options.config
+        if mine is not None and mine != theirs:
+            diffs = _config_diff(mine.to_dict(), theirs.to_dict())
+            raise JoinError(f"your settings differ from swarm {genesis.swarm!r}'s genesis ({'; '.join(diffs)}); "
+                            "drop the flags that change them to adopt the swarm's settings")
+        checksum = _initial_checksum(theirs).hex()
+        if checksum != genesis.initial_checksum:
+            raise JoinError(f"this machine builds a different initial model for task {theirs.task!r} "
+                            f"(checksum {checksum[:12]} vs the genesis' {genesis.initial_checksum[:12]}); "
+                            "use the same swarmtrain and torch versions as the swarm")
+
+    def _initial_state(self) -> ModelState:
+        assert self.store is not None
+        outer = OuterOptimizer(self.config.outer)
+        head = self.store.head()
+        if head is not None:
+            state = load_version(self.store, head.version_id, outer, next_round=head.round + 1)
+            if head.parent_id is None:
+                state.round = 0
+            self.options.announce(f"resuming from version {head.version_id[:12]} (round {state.round})")
+            return state
+        params = model_params(self.task.build_model())
+        checksum = state_checksum(full_state(params, outer))
+        state = ModelState(params=params, outer=outer, version=genesis_version_id(checksum), round=0,
+                           checksum=checksum)
+        state.save(self.store, state.commit_for(parent=None, produced_in=0))
+        return state
+
+    # --- running ---------------------------------------------------------------------
+
+    def run(self) -> list[RoundSummary]:
+        """Play rounds until ``options.rounds`` contributions are done (or forever)."""
+        self.options.announce(f"peer {self.identity.peer_id} in swarm {self.options.swarm!r}")
+        for address in self.addresses:
+            self.options.announce(f"join with: --initial-peers {address}")
+        summaries: list[RoundSummary] = []
+        while self.options.rounds is None or len(summaries) < self.options.rounds:
+            position = self.clock.position(time.time())
+            r = position.round
+            if self.state.round < r:
+                self.sync.catch_up(r)
+            train_left = self.clock.deadline(r, Phase.TRAIN) - time.time()
+            if position.phase != Phase.TRAIN or train_left < MIN_TRAIN_SHARE * self.config.timing.train_s:
+                self.heartbeat(role="waiting")
+                self._sleep_until(self.clock.round_start(r + 1))
+                continue
+            summary = self.engine.play(r)
+            summaries.append(summary)
+            self.options.announce(summary.line())
+        self.heartbeat(role="leaving")
+        return summaries
+
+    def heartbeat(self, role: str) -> None:
+        stats = self.exchange.stats() if self.exchange else None
+        loss = self.state.validation_loss
+        record = PeerRecord(
+            peer_id=self.identity.peer_id, addresses=self.addresses[:8], round=self.state.round,
+            version_id=self.state.version.hex(), state_checksum=self.state.checksum.hex(), role=role,
+            last_val_loss=loss if loss is not None and math.isfinite(loss) else None,
+            bytes_sent=stats.bytes_sent if stats else 0, bytes_received=stats.bytes_received if stats else 0,
+            updates_accepted=self.engine.accepted if hasattr(self, "engine") else 0,
+            updates_rejected=self.engine.rejected if hasattr(self, "engine") else 0,
+            software_version=SOFTWARE_VERSION, time=time.time(),
+        )
+        self.records.heartbeat(record)
+
+    @staticmethod
+    def _sleep_until(moment: float) -> None:
+        delay = moment - time.time()
+        if delay > 0:
+            time.sleep(delay)
+
+    def close(self) -> None:
+        """Stop serving, leave the DHT, release the data dir (safe to call twice)."""
+        if self.exchange is not None:
+            self.exchange.close()
+            self.exchange = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        if self.dht is not None:
+            self.dht.shutdown()
+            self.dht = None  # type: ignore[assignment]
+
+
+def _initial_checksum(config: SwarmConfig) -> bytes:
+    """Checksum of the initial parameters + empty outer state built from ``config``."""
+    params = model_params(load_task(config).build_model())
+    return state_checksum(full_state(params, OuterOptimizer(config.outer)))
+
+
+def _config_diff(mine: dict[str, object], theirs: dict[str, object], prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for key in sorted(set(mine) | set(theirs)):
+        a, b = mine.get(key), theirs.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(_config_diff(a, b, f"{prefix}{key}."))
+        elif a != b:
+            out.append(f"{prefix}{key}: yours {a!r}, swarm {b!r}")
+    return out
+
+

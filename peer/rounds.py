@@ -1,0 +1,243 @@
+"""One round over the network: train, commit, check and vote, merge, agree.
+
+The round's math is shared with the simulator (:mod:`contribute`, :mod:`check`,
+:mod:`vote`, :mod:`merge`); this module adds the DHT records, the payload transfers and
+the phase deadlines. A peer that cannot merge what the majority merged (a payload it
+could not fetch, a different vote view) ends up in the minority at the agree step and
+downloads the majority's state (:mod:`sync`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from swarmtrain.dht import CommitRecord, ResultRecord, VoteRecord
+from swarmtrain.dht import Verdict as VerdictRecord
+from swarmtrain.peer.assignment import assignments
+from swarmtrain.peer.check import Submission
+from swarmtrain.peer.clock import Phase
+from swarmtrain.peer.contribute import LocalUpdate
+from swarmtrain.peer.exchange import FetchError
+from swarmtrain.peer.merge import AcceptedUpdate, next_version
+from swarmtrain.peer.state import ModelState
+from swarmtrain.peer.store import Contribution
+from swarmtrain.peer.vote import Tally, Verdict, tally
+from swarmtrain.protocol import ProtocolError, decode_update
+
+if TYPE_CHECKING:
+    from swarmtrain.peer.node import Node
+
+log = logging.getLogger(__name__)
+
+# Seconds kept free before a deadline for publishing (DHT stores take ~0.1-0.5 s here).
+PUBLISH_MARGIN_S = 0.8
+# Read the round's results this far into the agree phase (results are published at its start).
+AGREE_READ_SHARE = 0.6
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    """What one round did on this peer (printed, and kept for tests)."""
+
+    round: int
+    version_id: str
+    state_checksum: str
+    accepted: int
+    rejected: int
+    mine_accepted: bool
+    validation_loss: float | None
+    bytes_sent: int
+    bytes_received: int
+    seconds: float
+    resynced: bool
+    steps: int
+
+    def line(self) -> str:
+        loss = "n/a" if self.validation_loss is None else f"{self.validation_loss:.4f}"
+        return (f"round {self.round}: version {self.version_id[:12]} accepted {self.accepted}, "
+                f"rejected {self.rejected} (mine {'accepted' if self.mine_accepted else 'rejected'}), "
+                f"val loss {loss}, {self.steps} steps, sent {self.bytes_sent / 1024:.1f} KiB, "
+                f"received {self.bytes_received / 1024:.1f} KiB, {self.seconds:.1f}s"
+                + (", resynced" if self.resynced else ""))
+
+
+class RoundEngine:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.accepted = 0      # this peer's updates accepted / rejected so far
+        self.rejected = 0
+        self._payloads: dict[bytes, bytes] = {}  # digest -> payload, this round and last
+        self._seen: set[bytes] = set()           # digests of earlier rounds (replay check)
+        self._served: list[str] = []
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def _sleep_until(self, moment: float) -> None:
+        delay = moment - time.time()
+        if delay > 0:
+            time.sleep(delay)
+
+    def _fetch_payloads(self, wanted: dict[bytes, str], deadline: float) -> dict[bytes, bytes | None]:
+        """Download ``{digest: author}`` in parallel, each bounded by ``deadline``."""
+        node = self.node
+        exchange = node.exchange
+        assert exchange is not None
+        max_size = 16 * 1024 + 8 * sum(t.numel() for t in node.state.params.values())
+        futures = {}
+        for digest, author in wanted.items():
+            if digest in self._payloads:
+                continue
+            timeout = max(0.5, deadline - time.time())
+            futures[digest] = exchange.fetch_future(author, "update", digest.hex(), max_size=max_size,
+                                                    timeout=timeout)
+        out: dict[bytes, bytes | None] = {d: self._payloads.get(d) for d in wanted}
+        for digest, future in futures.items():
+            try:
+                out[digest] = future.result(timeout=max(0.5, deadline - time.time()) + 1.0)
+                self._payloads[digest] = out[digest]  # type: ignore[assignment]
+            except (FetchError, concurrent.futures.TimeoutError) as error:
+                log.info("could not fetch update %s from %s: %s", digest.hex()[:12], wanted[digest], error)
+                out[digest] = None
+        return out
+
+    # --- the round -------------------------------------------------------------------
+
+    def play(self, r: int) -> RoundSummary:
+        node = self.node
+        started = time.time()
+        before = node.exchange.stats() if node.exchange else None
+        state = node.state
+        parent = state.version
+        node.heartbeat(role="training")
+
+        # 1. train until the train deadline, then encode.
+        train_end = node.clock.deadline(r, Phase.TRAIN) - PUBLISH_MARGIN_S
+        update = node.contributor.contribute(state.params, state.version,
+                                             deadline=time.monotonic() + (train_end - time.time()))
+        self._commit(r, update)
+
+        # 2. after the commit deadline: fetch what I must check, check, vote.
+        self._sleep_until(node.clock.deadline(r, Phase.COMMIT))
+        commits = node.records.commits(r)
+        authors = {bytes.fromhex(c.digest): peer for peer, c in commits.items()}
+        table = assignments(r, authors, list(commits), node.config.vote.checkers_per_update)
+        mine = {d: authors[d] for d, who in table.items() if node.identity.peer_id in who}
+        vote_deadline = node.clock.deadline(r, Phase.VOTE)
+        payloads = self._fetch_payloads(mine, vote_deadline - 2 * PUBLISH_MARGIN_S)
+        submissions = [Submission(authors[d], d, bytes.fromhex(commits[authors[d]].base_version),
+                                  commits[authors[d]].samples, payloads[d]) for d in sorted(mine)]
+        loss_before = node.checker.loss(state.params)
+        verdicts = node.checker.check_round(state.params, state.version, submissions, seen=self._seen,
+                                            loss_before=loss_before, own_norms=[update.sent_norm])
+        if verdicts:
+            node.records.publish_votes(r, VoteRecord(voter=node.identity.peer_id, votes={
+                d.hex(): VerdictRecord(accept=v.accept, loss_delta=_finite(v.loss_delta)) for d, v in verdicts.items()
+            }))
+
+        # 3. after the vote deadline: tally, fetch accepted payloads, merge.
+        self._sleep_until(vote_deadline)
+        commits = node.records.commits(r)
+        authors = {bytes.fromhex(c.digest): peer for peer, c in commits.items()}
+        table = assignments(r, authors, list(commits), node.config.vote.checkers_per_update)
+        ballots = {voter: {bytes.fromhex(d): v.accept for d, v in rec.votes.items()}
+                   for voter, rec in node.records.votes(r).items()}
+        counts = tally(ballots, table)
+        # A lone committer has nobody to check it and nobody to harm: accept it.
+        if len(authors) == 1:
+            counts = {d: Tally(1, 0) for d in authors}
+        accepted_digests = sorted(d for d, t in counts.items() if t.accepted)
+        merged_ok = self._merge(r, state, accepted_digests, authors, commits, counts, verdicts)
+        self._seen.update(authors)
+
+        # 4. agree: compare with the majority, resync when in the minority.
+        agree_at = node.clock.deadline(r, Phase.VOTE) + AGREE_READ_SHARE * node.config.timing.agree_s
+        self._sleep_until(agree_at)
+        resynced = node.sync.agree(r, mine_ok=merged_ok)
+        mine_accepted = update.committed_digest in accepted_digests
+        self.accepted += int(mine_accepted)
+        self.rejected += int(not mine_accepted)
+        node.heartbeat(role="training")
+        after = node.exchange.stats() if node.exchange else None
+        self._forget_old_payloads(keep=set(authors))
+        return RoundSummary(
+            round=r, version_id=node.state.version.hex(), state_checksum=node.state.checksum.hex(),
+            accepted=len(accepted_digests), rejected=len(authors) - len(accepted_digests),
+            mine_accepted=mine_accepted, validation_loss=node.state.validation_loss,
+            bytes_sent=(after.bytes_sent - before.bytes_sent) if after and before else 0,
+            bytes_received=(after.bytes_received - before.bytes_received) if after and before else 0,
+            seconds=time.time() - started, resynced=resynced, steps=update.steps,
+        )
+
+    def _commit(self, r: int, update: LocalUpdate) -> None:
+        node = self.node
+        assert node.exchange is not None
+        key = update.committed_digest.hex()
+        node.exchange.serve("update", key, update.payload)  # served under the committed digest
+        self._served.append(key)
+        self._payloads[update.committed_digest] = update.payload
+        node.records.publish_commit(r, CommitRecord(
+            peer_id=node.identity.peer_id, digest=key, size=len(update.payload),
+            samples=max(1, update.samples), base_version=update.base_version.hex(),
+            train_loss=_finite(update.train_loss),
+        ))
+
+    def _merge(self, r: int, state: ModelState, accepted: list[bytes], authors: dict[bytes, str],
+               commits: dict[str, CommitRecord], counts: dict[bytes, Tally],
+               my_verdicts: dict[bytes, Verdict]) -> bool:
+        """Compute, save and publish V(r+1); False when this peer cannot merge faithfully."""
+        node = self.node
+        assert node.store is not None
+        payloads = self._fetch_payloads({d: authors[d] for d in accepted},
+                                        node.clock.deadline(r, Phase.VOTE) + 0.5 * node.config.timing.agree_s)
+        updates: list[AcceptedUpdate] = []
+        for digest in accepted:
+            payload = payloads.get(digest)
+            if payload is None:
+                log.warning("accepted update %s could not be fetched: this peer will resync", digest.hex()[:12])
+                return False
+            try:
+                tensors = decode_update(payload)
+            except ProtocolError as error:
+                log.warning("accepted update %s does not decode here (%s): this peer will resync",
+                            digest.hex()[:12], error)
+                return False
+            updates.append(AcceptedUpdate(digest, commits[authors[digest]].samples, tensors))
+        result = next_version(state.params, state.version, updates, state.outer)
+        contributions = tuple(
+            Contribution(
+                peer_id=authors[d], digest=d.hex(), samples=commits[authors[d]].samples,
+                accepted=counts[d].accepted, votes_for=counts[d].votes_for,
+                votes_against=counts[d].votes_against,
+                loss_delta=my_verdicts[d].loss_delta if d in my_verdicts else None,
+                reason=("accepted" if counts[d].accepted else
+                        my_verdicts[d].reason if d in my_verdicts and not my_verdicts[d].accept
+                        else "majority rejected"),
+            )
+            for d in sorted(authors)
+        )
+        parent = state.version
+        new = ModelState(params=result.params, outer=state.outer, version=result.version_id, round=r + 1,
+                         checksum=result.state_checksum, validation_loss=node.checker.loss(result.params))
+        new.save(node.store, new.commit_for(parent=parent, produced_in=r, contributions=contributions))
+        node.sync.adopt(new)
+        node.records.publish_result(r, ResultRecord(
+            peer_id=node.identity.peer_id, version_id=new.version.hex(), state_checksum=new.checksum.hex(),
+            accepted=[d.hex() for d in result.accepted][:64],
+        ))
+        return True
+
+    def _forget_old_payloads(self, keep: set[bytes]) -> None:
+        self._payloads = {d: p for d, p in self._payloads.items() if d in keep}
+        assert self.node.exchange is not None
+        while len(self._served) > 3:
+            self.node.exchange.unserve("update", self._served.pop(0))
+
+
+def _finite(value: float | None) -> float:
+    """DHT records carry finite floats only; a missing or non-finite value becomes 0."""
+    return value if value is not None and math.isfinite(value) else 0.0
