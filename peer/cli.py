@@ -28,6 +28,7 @@ def _runtime_errors() -> tuple[type[BaseException], ...]:
 
 if TYPE_CHECKING:
     from swarmtrain.peer.simulate import RoundReport
+    from swarmtrain.peer.store import VersionStore
 
 
 class UsageError(ValueError):
@@ -139,6 +140,74 @@ def cmd_join(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from swarmtrain.peer.demo import run_demo
+
+    return run_demo(peers=args.peers, rounds=args.rounds, preset=args.preset or "demo",
+                    root=Path(args.data_dir), fault=args.fault)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from swarmtrain.peer.status import SwarmObserver, render
+
+    observer = SwarmObserver(args.swarm, args.initial_peers)
+    try:
+        if args.json:
+            print(json.dumps(observer.snapshot().to_dict(), indent=2))
+            return 0
+        console = Console()
+        if not args.watch:
+            console.print(render(observer.snapshot()))
+            return 0
+        with Live(render(observer.snapshot()), console=console, refresh_per_second=1) as live:
+            while True:
+                time.sleep(2.0)
+                live.update(render(observer.snapshot()))
+    finally:
+        observer.close()
+
+
+def _open_store(data_dir: str) -> "VersionStore":
+    from swarmtrain.peer.store import VersionStore
+
+    path = Path(data_dir) / "versions"
+    if not path.is_dir():
+        raise UsageError(f"{data_dir} holds no versions (no {path}); pass the --data-dir a peer ran with")
+    return VersionStore(path, read_only=True)
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from swarmtrain.peer.terminal import render_history
+
+    store = _open_store(args.data_dir)
+    try:
+        history = store.history()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([c.to_dict() for c in history], indent=2))
+    else:
+        Console().print(render_history(history))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    store = _open_store(args.data_dir)
+    try:
+        out = store.export(args.version, Path(args.out))
+    finally:
+        store.close()
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="swarmtrain",
@@ -171,6 +240,33 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")
     _add_swarm_options(join)
     join.set_defaults(func=cmd_join)
+
+    demo = sub.add_parser("demo", help="a local swarm of N peer processes on 127.0.0.1, shown live")
+    demo.add_argument("--peers", type=_positive_int, default=3)
+    demo.add_argument("--rounds", type=_positive_int, default=8)
+    demo.add_argument("--preset", choices=PRESETS, default="demo")
+    demo.add_argument("--fault", choices=list(FAULT_MODES), default=None, help="make the last peer misbehave")
+    demo.add_argument("--data-dir", default="swarm-data/demo", help="where peers keep data and logs")
+    demo.set_defaults(func=cmd_demo)
+
+    status = sub.add_parser("status", help="one snapshot of a swarm, read from its DHT records")
+    status.add_argument("--swarm", default="demo", help="swarm name (default: demo)")
+    status.add_argument("--initial-peers", nargs="+", metavar="MADDR", required=True,
+                        help="multiaddr of any peer of the swarm")
+    status.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+    status.add_argument("--watch", action="store_true", help="keep the view updated until Ctrl-C")
+    status.set_defaults(func=cmd_status)
+
+    log_cmd = sub.add_parser("log", help="the version history this peer keeps")
+    log_cmd.add_argument("--data-dir", default="swarm-data/demo", help="the peer's data dir")
+    log_cmd.add_argument("--json", action="store_true")
+    log_cmd.set_defaults(func=cmd_log)
+
+    export = sub.add_parser("export", help="write a kept version's parameters to a .safetensors file")
+    export.add_argument("version", help="version id or a unique prefix of one")
+    export.add_argument("out", help="output path, e.g. model.safetensors")
+    export.add_argument("--data-dir", default="swarm-data/demo", help="the peer's data dir")
+    export.set_defaults(func=cmd_export)
     return parser
 
 

@@ -6,6 +6,7 @@ them on a fixed-width console and compare text.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from rich.console import Console
@@ -14,6 +15,7 @@ from rich.text import Text
 
 from swarmtrain.peer.config import SwarmConfig
 from swarmtrain.peer.simulate import RoundReport
+from swarmtrain.peer.store import VersionCommit
 
 _console = Console(highlight=False)
 
@@ -69,3 +71,19 @@ def print_round(report: RoundReport) -> None:
 
 def print_summary(reports: Sequence[RoundReport], fault_peer: str | None) -> None:
     _console.print(render_summary(reports, fault_peer))
+
+
+def render_history(commits: Sequence[VersionCommit]) -> Table:
+    """``swarmtrain log``: one row per version, newest first."""
+    table = Table(title=f"{len(commits)} version(s)")
+    for column in ("version", "parent", "round", "accepted", "rejected", "val loss", "created"):
+        table.add_column(column)
+    for commit in reversed(commits):
+        rejected = ", ".join(f"{c.peer_id[:8]}… ({c.reason})" for c in commit.rejected) or "-"
+        table.add_row(
+            commit.version_id[:12], (commit.parent_id or "genesis")[:12], str(commit.round),
+            str(len(commit.accepted)), rejected,
+            "-" if commit.validation_loss is None else f"{commit.validation_loss:.4f}",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(commit.created)),
+        )
+    return table

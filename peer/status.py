@@ -1,0 +1,122 @@
+"""A snapshot of a whole swarm from its DHT records, and its terminal rendering.
+
+``collect`` reads records (I/O); ``render`` is pure (snapshot in, rich table out), so it
+is tested on a fixed-width console; the ``--watch`` loop only swaps the live view.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.table import Table
+
+from swarmtrain.dht import SwarmRecords, load_or_create_identity, start_dht
+from swarmtrain.peer.clock import PhaseClock
+from swarmtrain.peer.config import SwarmConfig
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    peer_id: str
+    role: str
+    round: int
+    version: str
+    state_checksum: str
+    last_val_loss: float | None
+    bytes_sent: int
+    bytes_received: int
+    updates_accepted: int
+    updates_rejected: int
+    seconds_since_heartbeat: float
+
+
+@dataclass(frozen=True)
+class SwarmSnapshot:
+    swarm: str
+    task: str | None
+    round: int | None
+    phase: str | None
+    version: str | None       # the version most live peers hold
+    peers: tuple[PeerStatus, ...]
+    taken_at: float
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+def collect(records: SwarmRecords) -> SwarmSnapshot:
+    """Read genesis and heartbeats; works from a client-mode DHT node."""
+    now = time.time()
+    genesis = records.read_genesis()
+    round_index = phase = None
+    task = None
+    if genesis is not None:
+        config = SwarmConfig.from_dict(genesis.config)
+        position = PhaseClock(genesis.genesis_time, config.timing).position(now)
+        round_index, phase, task = position.round, position.phase.value, genesis.task
+    peers = tuple(sorted(
+        (PeerStatus(peer_id=p, role=r.role, round=r.round, version=r.version_id, state_checksum=r.state_checksum,
+                    last_val_loss=r.last_val_loss, bytes_sent=r.bytes_sent, bytes_received=r.bytes_received,
+                    updates_accepted=r.updates_accepted, updates_rejected=r.updates_rejected,
+                    seconds_since_heartbeat=round(now - r.time, 1))
+         for p, r in records.peers().items()),
+        key=lambda s: s.peer_id,
+    ))
+    versions = Counter(p.version for p in peers)
+    version = min(versions.items(), key=lambda kv: (-kv[1], kv[0]))[0] if versions else None
+    return SwarmSnapshot(swarm=records.swarm, task=task, round=round_index, phase=phase, version=version,
+                         peers=peers, taken_at=now)
+
+
+def render(snapshot: SwarmSnapshot) -> Table:
+    """The swarm as a table: one row per peer, peers off the majority version marked."""
+    where = "no genesis yet" if snapshot.round is None else f"round {snapshot.round} ({snapshot.phase})"
+    title = f"swarm {snapshot.swarm!r}: {where}, {len(snapshot.peers)} peer(s)"
+    if snapshot.version:
+        title += f", version {snapshot.version[:12]}"
+    table = Table(title=title)
+    for column, justify in (("peer", "left"), ("role", "left"), ("round", "right"), ("version", "left"),
+                            ("val loss", "right"), ("sent", "right"), ("received", "right"),
+                            ("accepted", "right"), ("rejected", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for peer in snapshot.peers:
+        in_sync = peer.version == snapshot.version
+        table.add_row(
+            peer.peer_id[:12] + "…", peer.role, str(peer.round),
+            peer.version[:12] + ("" if in_sync else " ≠"),
+            "-" if peer.last_val_loss is None else f"{peer.last_val_loss:.4f}",
+            _size(peer.bytes_sent), _size(peer.bytes_received),
+            str(peer.updates_accepted), str(peer.updates_rejected),
+        )
+    return table
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+class SwarmObserver:
+    """A client-mode DHT node that only reads the swarm's records (own throwaway identity)."""
+
+    def __init__(self, swarm: str, initial_peers: Sequence[str]) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="swarmtrain-status-")
+        identity = load_or_create_identity(Path(self._tmp.name))
+        self.dht = start_dht(initial_peers=list(initial_peers), identity=identity, swarm=swarm, client_mode=True)
+        self.records = SwarmRecords(self.dht, identity, swarm)
+
+    def snapshot(self) -> SwarmSnapshot:
+        return collect(self.records)
+
+    def close(self) -> None:
+        self.dht.shutdown()
+        self._tmp.cleanup()
