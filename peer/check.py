@@ -74,11 +74,13 @@ class Checker:
         seen: set[bytes],
         loss_before: float | None = None,
         own_norms: Iterable[float] = (),
+        round_size: int = 1,
     ) -> dict[bytes, Verdict]:
         """Verdicts keyed by committed digest for the updates this peer was assigned.
 
         ``own_norms``: norms of this peer's own honest updates, added to the round's median
         so that in a tiny swarm (two updates to check) one outlier cannot drag it up.
+        ``round_size``: how many updates the round has (each is judged at weight 1/n).
         """
         max_elements = sum(t.numel() for t in params.values())
         decoded: dict[bytes, dict[str, Tensor]] = {}
@@ -96,6 +98,7 @@ class Checker:
         for digest in sorted(decoded):
             verdicts[digest] = judge(
                 decoded[digest], params=params, loss_before=before, evaluate=self.loss,
-                round_median_norm=med, config=self.config.vote, outer_lr=self.config.outer.lr,
+                round_median_norm=med, config=self.config.vote,
+                step_scale=self.config.outer.lr / max(1, round_size),
             )
         return verdicts

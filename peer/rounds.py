@@ -133,7 +133,8 @@ class RoundEngine:
                                   commits[authors[d]].samples, payloads[d]) for d in sorted(mine)]
         loss_before = node.checker.loss(state.params)
         verdicts = node.checker.check_round(state.params, state.version, submissions, seen=self._seen,
-                                            loss_before=loss_before, own_norms=[update.sent_norm])
+                                            loss_before=loss_before, own_norms=[update.sent_norm],
+                                            round_size=len(authors))
         if verdicts:
             node.records.publish_votes(r, VoteRecord(voter=node.identity.peer_id, votes={
                 d.hex(): VerdictRecord(accept=v.accept, loss_delta=_finite(v.loss_delta)) for d, v in verdicts.items()

@@ -118,7 +118,7 @@ class Simulation:
             mine = [submissions[d] for d, who in checkers.items() if peer.name in who]
             verdicts = peer.checker.check_round(
                 self.params, self.version, mine, seen=self._seen,
-                own_norms=[updates[peer.name].sent_norm],
+                own_norms=[updates[peer.name].sent_norm], round_size=len(updates),
             )
             ballots[peer.name] = {d: v.accept for d, v in verdicts.items()}
             for d, v in verdicts.items():

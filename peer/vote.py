@@ -9,9 +9,12 @@ A checker accepts an update only when every check passes, cheapest first:
 3. its norm is within ``[min_norm_ratio, max_norm_ratio]`` x the round's median norm
    (scaled updates fail the upper bound; free riders that send almost nothing fail the
    lower one),
-4. the checker's held-out loss of ``V(r)`` with this update applied alone (as the outer
-   step would apply it) is at most ``loss_before + tolerance``. Sign flips and noise
-   raise the loss.
+4. the checker's held-out loss of ``V(r)`` with this update applied alone, at the weight
+   the merge would give it (outer lr x its share ``1/n`` of the round's mean), is at
+   most ``loss_before + tolerance``. Sign flips and noise raise the loss. Applying a
+   compressed update at full weight instead overshoots (it is a top-k of a momentum-like
+   error-feedback buffer) and rejected about half of the honest updates in the
+   simulator; at its merge weight honest updates pass.
 
 Majority rule: an update is merged when more of its assigned checkers accept than reject.
 """
@@ -88,9 +91,9 @@ def judge(
     evaluate: Evaluator,
     round_median_norm: float | None,
     config: VoteConfig,
-    outer_lr: float,
+    step_scale: float,
 ) -> Verdict:
-    """Run checks 2-4 (see module doc) on a decoded update."""
+    """Run checks 2-4 (see module doc); ``step_scale`` = outer lr x the update's share of the merge."""
     problem = structural_problem(update, params)
     if problem is not None:
         return reject(problem)
@@ -104,7 +107,7 @@ def judge(
                           norm=norm)
     if norm == 0.0:
         return reject("empty update", norm=norm)
-    loss_after = evaluate(apply_step(params, update, outer_lr))
+    loss_after = evaluate(apply_step(params, update, step_scale))
     if not math.isfinite(loss_after):
         return Verdict(False, "loss not finite after update", loss_before, loss_after, norm)
     if loss_after > loss_before + config.tolerance:

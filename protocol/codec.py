@@ -7,7 +7,7 @@ Wire format 1 is one msgpack map with keys in sorted order::
                                  "step": bin, "val": bin}, ...]}   # sorted by name
 
 Each tensor is flattened (row-major) and cut into chunks of ``chunk`` elements; each
-chunk keeps its top ``min(n, max(1, round(density * chunk)))`` entries by magnitude
+chunk keeps its top ``min(n, max(1, round(density * n)))`` entries by magnitude
 (:mod:`.sparsify`), with indices packed at log2(chunk) bits (:mod:`.packing`) and
 values quantized per chunk (:mod:`.quant`). Blob sizes follow from the shape
 (:mod:`.layout`), so the decoder checks them exactly before allocating anything.

@@ -24,7 +24,7 @@ GOOD = {"w": -0.5 * TARGET}  # V - 1.0 * update moves halfway to TARGET
 def _judge(update: dict[str, torch.Tensor], median: float | None = None, **cfg: float) -> "object":
     return judge(update, params=PARAMS, loss_before=_loss(PARAMS), evaluate=_loss,
                  round_median_norm=update_norm(GOOD) if median is None else median,
-                 config=VoteConfig(**cfg), outer_lr=1.0)
+                 config=VoteConfig(**cfg), step_scale=1.0)
 
 
 def test_honest_update_accepted_with_loss_delta() -> None:
