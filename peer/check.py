@@ -28,6 +28,7 @@ class Submission:
     base_version: bytes
     samples: int
     payload: bytes | None  # None when it could not be downloaded
+    missing_reason: str = "payload not downloaded"  # why ``payload`` is None
 
 
 def max_samples(config: SwarmConfig) -> int:
@@ -51,7 +52,7 @@ class Checker:
                  max_elements: int) -> dict[str, Tensor] | Verdict:
         """Decoded tensors, or the rejecting verdict of the first cheap check that fails."""
         if sub.payload is None:
-            return reject("payload not downloaded")
+            return reject(sub.missing_reason)
         if update_digest(sub.payload) != sub.committed_digest:
             return reject("digest mismatch")
         if sub.base_version != version:

@@ -151,21 +151,21 @@ class Node:
                             "use the same swarmtrain and torch versions as the swarm")
 
     def _initial_state(self) -> ModelState:
+        """The genesis version, or the version this data dir holds from an earlier run."""
         assert self.store is not None
         outer = OuterOptimizer(self.config.outer)
-        head = self.store.head()
-        if head is not None:
-            state = load_version(self.store, head.version_id, outer, next_round=head.round + 1)
-            if head.parent_id is None:
-                state.round = 0
-            self.options.announce(f"resuming from version {head.version_id[:12]} (round {state.round})")
-            return state
         params = model_params(self.task.build_model())
         checksum = state_checksum(full_state(params, outer))
-        state = ModelState(params=params, outer=outer, version=genesis_version_id(checksum), round=0,
-                           checksum=checksum)
-        state.save(self.store, state.commit_for(parent=None, produced_in=0))
-        return state
+        genesis = ModelState(params=params, outer=outer, version=genesis_version_id(checksum), round=0,
+                             checksum=checksum)
+        head = self.store.head()
+        if head is not None and head.version_id != genesis.version.hex():
+            state = load_version(self.store, head.version_id, outer, next_round=head.round + 1)
+            self.options.announce(f"resuming from version {head.version_id[:12]} (round {state.round})")
+            return state
+        if head is None:
+            genesis.save(self.store, genesis.commit_for(parent=None, produced_in=0))
+        return genesis
 
     # --- running ---------------------------------------------------------------------
 

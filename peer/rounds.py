@@ -22,7 +22,7 @@ from swarmtrain.peer.assignment import assignments
 from swarmtrain.peer.check import Submission
 from swarmtrain.peer.clock import Phase
 from swarmtrain.peer.contribute import LocalUpdate
-from swarmtrain.peer.exchange import FetchError
+from swarmtrain.peer.exchange import DigestMismatch, FetchError
 from swarmtrain.peer.merge import AcceptedUpdate, next_version
 from swarmtrain.peer.state import ModelState
 from swarmtrain.peer.store import Contribution
@@ -74,6 +74,7 @@ class RoundEngine:
         self._payloads: dict[bytes, bytes] = {}  # digest -> payload, this round and last
         self._seen: set[bytes] = set()           # digests of earlier rounds (replay check)
         self._served: list[str] = []
+        self.fetch_failures: dict[bytes, str] = {}
 
     # --- helpers ---------------------------------------------------------------------
 
@@ -83,7 +84,10 @@ class RoundEngine:
             time.sleep(delay)
 
     def _fetch_payloads(self, wanted: dict[bytes, str], deadline: float) -> dict[bytes, bytes | None]:
-        """Download ``{digest: author}`` in parallel, each bounded by ``deadline``."""
+        """Download ``{digest: author}`` in parallel, each bounded by ``deadline``.
+
+        A failed download maps to None; why it failed is kept in ``self.fetch_failures``.
+        """
         node = self.node
         exchange = node.exchange
         assert exchange is not None
@@ -103,6 +107,9 @@ class RoundEngine:
             except (FetchError, concurrent.futures.TimeoutError) as error:
                 log.info("could not fetch update %s from %s: %s", digest.hex()[:12], wanted[digest], error)
                 out[digest] = None
+                self.fetch_failures[digest] = (
+                    "digest mismatch: served bytes differ from the commitment" if isinstance(error, DigestMismatch)
+                    else f"payload not downloaded ({type(error).__name__})")
         return out
 
     # --- the round -------------------------------------------------------------------
@@ -130,7 +137,8 @@ class RoundEngine:
         vote_deadline = node.clock.deadline(r, Phase.VOTE)
         payloads = self._fetch_payloads(mine, vote_deadline - 2 * PUBLISH_MARGIN_S)
         submissions = [Submission(authors[d], d, bytes.fromhex(commits[authors[d]].base_version),
-                                  commits[authors[d]].samples, payloads[d]) for d in sorted(mine)]
+                                  commits[authors[d]].samples, payloads[d],
+                                  self.fetch_failures.get(d, "payload not downloaded")) for d in sorted(mine)]
         loss_before = node.checker.loss(state.params)
         verdicts = node.checker.check_round(state.params, state.version, submissions, seen=self._seen,
                                             loss_before=loss_before, own_norms=[update.sent_norm],
@@ -234,6 +242,7 @@ class RoundEngine:
 
     def _forget_old_payloads(self, keep: set[bytes]) -> None:
         self._payloads = {d: p for d, p in self._payloads.items() if d in keep}
+        self.fetch_failures.clear()
         assert self.node.exchange is not None
         while len(self._served) > 3:
             self.node.exchange.unserve("update", self._served.pop(0))

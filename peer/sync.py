@@ -94,7 +94,10 @@ class StateSync:
         candidates += [p for p, rec in node.records.peers().items()
                        if rec.version_id == version and p not in candidates and p != node.identity.peer_id]
         max_size = (1 << 20) + 16 * sum(t.numel() for t in node.state.params.values())
-        commit = VersionCommit(version_id=version, parent_id=None, round=produced_in, created=time.time(),
+        # The parent is known when this is the next version after ours (the agree step).
+        parent = node.state.version.hex() if node.state.round == produced_in and node.state.version.hex() != version \
+            else None
+        commit = VersionCommit(version_id=version, parent_id=parent, round=produced_in, created=time.time(),
                                contributions=(), validation_loss=None, state_checksum=checksum)
         for peer in candidates:
             started = time.monotonic()

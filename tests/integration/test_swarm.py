@@ -1,0 +1,103 @@
+"""Whole swarms of real peer processes on 127.0.0.1 (smoke preset, real p2pd daemons).
+
+Each test starts `swarmtrain join` processes (own process group each) and ends them all
+by their ids in a finally block, whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from swarmkit import SMOKE, Swarm, by_round, heldout_loss, history
+
+pytestmark = [pytest.mark.integration]
+
+ROUND_S = 17.0  # smoke preset: 6 + 3 + 5 + 3 seconds
+
+
+def _peer_id(log: str) -> str:
+    line = next(line for line in log.splitlines() if line.startswith("peer "))
+    return line.split()[1]
+
+
+@pytest.mark.timeout(240)
+def test_plain_hivemind_bootstrap_honest_peers_agree_and_faults_are_rejected(tmp_path: Path) -> None:
+    """3 honest peers + one `--fault scale` + one `--fault bad-checksum`, bootstrapped by a
+    stock hivemind-dht node: the honest peers end on one version and checksum, loss falls,
+    and every honest peer's history records the faulty updates as rejected."""
+    swarm = Swarm(tmp_path, "itest-a")
+    try:
+        bootstrap = swarm.start_plain_hivemind()
+        common = [*SMOKE, "--rounds", "3", "--initial-peers", bootstrap]
+        swarm.start("honest0", *common, "--start-delay", "20")
+        swarm.wait_for_line("honest0", "join with:", timeout=60)
+        for label in ("honest1", "honest2"):
+            swarm.start(label, *common)
+        swarm.start("scale", *common, "--fault", "scale")
+        swarm.start("badsum", *common, "--fault", "bad-checksum")
+        # status --json while the swarm runs: one snapshot from the records.
+        swarm.wait_for_line("honest1", "round 0:", timeout=90)
+        snapshot = subprocess.run(
+            [sys.executable, "-m", "swarmtrain.peer.cli", "status", "--swarm", "itest-a", "--json",
+             "--initial-peers", bootstrap], capture_output=True, text=True, timeout=60)
+        assert snapshot.returncode == 0, snapshot.stderr
+        status = json.loads(snapshot.stdout)
+        assert status["swarm"] == "itest-a" and status["round"] is not None
+        assert len(status["peers"]) >= 4
+        assert all(p["bytes_sent"] > 0 for p in status["peers"] if p["round"] >= 1)
+        swarm.wait("honest0", "honest1", "honest2", "scale", "badsum", timeout=150)
+    finally:
+        swarm.stop_all()
+
+    honest = [tmp_path / name for name in ("honest0", "honest1", "honest2")]
+    faulty_ids = {_peer_id(swarm.peers[n].log_text()) for n in ("scale", "badsum")}
+    finals = [history(d)[-1] for d in honest]
+    assert len({(c.version_id, c.state_checksum) for c in finals}) == 1, finals
+    for data_dir in honest:
+        rounds = by_round(data_dir)
+        assert sorted(rounds) == [0, 1, 2]
+        for commit in rounds.values():
+            faulty = [c for c in commit.contributions if c.peer_id in faulty_ids]
+            assert faulty and not any(c.accepted for c in faulty), commit
+            assert len(commit.accepted) == 3
+        reasons = {c.reason for commit in rounds.values() for c in commit.contributions if c.peer_id in faulty_ids}
+        assert any("digest" in r for r in reasons) and any("norm" in r for r in reasons), reasons
+    genesis = history(honest[0])[0].version_id
+    assert heldout_loss(honest[0], finals[0].version_id) < heldout_loss(honest[0], genesis) - 0.1
+
+
+@pytest.mark.timeout(300)
+def test_late_joiner_and_killed_peer_catch_up_and_agree(tmp_path: Path) -> None:
+    """A peer joining after round 1, and a peer SIGKILLed and restarted on its data dir,
+    both end on the same version and checksum as the peers that never left."""
+    swarm = Swarm(tmp_path, "itest-b")
+    try:
+        first = swarm.start("a", *SMOKE, "--rounds", "5", "--start-delay", "20")
+        address = first.address()
+        swarm.start("b", *SMOKE, "--rounds", "5", "--initial-peers", address)
+        victim = swarm.start("c", *SMOKE, "--rounds", "5", "--initial-peers", address)
+        swarm.wait_for_line("a", "round 1:", timeout=120)
+        # Kill c without warning (its DHT child and p2pd go with its process group) ...
+        victim.stop(sig=signal.SIGKILL)
+        swarm.start("d", *SMOKE, "--rounds", "1", "--initial-peers", address)
+        # ... and restart it on the same data dir: same identity, resumes from its versions.
+        swarm.start("c2", *SMOKE, "--rounds", "1", "--initial-peers", address, data_dir="c")
+        swarm.wait("a", "b", "c2", "d", timeout=200)
+    finally:
+        swarm.stop_all()
+
+    a, b, c, d = (by_round(tmp_path / n) for n in ("a", "b", "c", "d"))
+    assert sorted(a) == [0, 1, 2, 3, 4] and sorted(b) == sorted(a)
+    for rounds in (c, d):
+        last = max(rounds)
+        assert last >= 2 and last in a, rounds.keys()
+        assert (rounds[last].version_id, rounds[last].state_checksum) == \
+            (a[last].version_id, a[last].state_checksum)
+    assert _peer_id(swarm.peers["c"].log_text()) == _peer_id(swarm.peers["c2"].log_text())
+    assert "resuming from version" in swarm.peers["c2"].log_text()
