@@ -85,19 +85,19 @@ class Contributor:
             delta = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in base_params.items()}
             samples = self.config.train.inner_steps * self.config.train.batch_size
         to_send = self.feedback.accumulate(delta)
-        to_send = faults.corrupt(mode, to_send, self._generator)
-        payload, sent = encode_update_and_reconstruct(
-            to_send,
-            density=self.config.codec.density,
-            bits=self.config.codec.bits,
-            chunk=self.config.codec.chunk,
-            check_finite=not faults.allows_nonfinite(mode),
-        )
-        if mode is None or mode in ("stale-base", "bad-checksum"):
-            # Honest arithmetic: only what really left this peer leaves the buffer.
-            self.feedback.settle(sent)
-        else:
-            self.feedback.load_state({})  # a faulty peer's residual is meaningless
+        codec = self.config.codec
+        payload, sent = encode_update_and_reconstruct(to_send, density=codec.density, bits=codec.bits,
+                                                      chunk=codec.chunk)
+        # Only what really left an honest peer leaves the buffer; a faulty peer keeps the
+        # same honest arithmetic and corrupts just what it sends, so "scale" really is 10x
+        # of an update that looks like everyone else's.
+        self.feedback.settle(sent)
+        honest_norm = update_norm(sent)
+        if faults.corrupts_tensors(mode):
+            bad = faults.corrupt(mode, to_send, self._generator)
+            payload, sent = encode_update_and_reconstruct(bad, density=codec.density, bits=codec.bits,
+                                                          chunk=codec.chunk,
+                                                          check_finite=not faults.allows_nonfinite(mode))
         digest = update_digest(payload)
         update = LocalUpdate(
             payload=payload,
@@ -108,7 +108,7 @@ class Contributor:
             train_loss=train_loss,
             steps=done,
             train_seconds=time.monotonic() - started,
-            sent_norm=update_norm(sent) if faults.trains(mode) else 0.0,
+            sent_norm=honest_norm,
         )
         self._previous = update
         return update

@@ -65,6 +65,14 @@ def corrupt(mode: str | None, update: Mapping[str, Tensor], generator: torch.Gen
     return out
 
 
+TENSOR_FAULTS = frozenset({"noise", "scale", "sign-flip", "nan", "free-rider"})
+
+
+def corrupts_tensors(mode: str | None) -> bool:
+    """Whether this mode changes the encoded tensors (the others lie about the payload)."""
+    return mode in TENSOR_FAULTS
+
+
 def allows_nonfinite(mode: str | None) -> bool:
     """The NaN fault must bypass the encoder's finite check to build its hostile payload."""
     return mode == "nan"
