@@ -149,6 +149,7 @@ class PeerRecord(SwarmRecord):
     updates_rejected: Count
     software_version: ShortText
     time: Timestamp
+    last_round_s: Annotated[float, Field(ge=0.0, le=1e6, allow_inf_nan=False)] | None = None  # wall time
 
 
 class CommitRecord(SwarmRecord):

@@ -9,6 +9,7 @@ more than 3 s, which bounds how far two peers' views of a phase boundary can dri
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from enum import Enum
 
@@ -61,3 +62,10 @@ class PhaseClock:
                 return Position(r, phase, end)
         # Floating point at the exact boundary: the next round has begun.
         return Position(r + 1, Phase.TRAIN, self.deadline(r + 1, Phase.TRAIN))
+
+
+def sleep_until(moment: float) -> None:
+    """Sleep until wall-clock ``moment`` (``time.time()`` scale); return at once if past."""
+    delay = moment - time.time()
+    if delay > 0:
+        time.sleep(delay)

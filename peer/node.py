@@ -21,7 +21,7 @@ import torch
 from swarmtrain.dht import (GenesisRecord, PeerRecord, SwarmRecords, load_or_create_identity, start_dht,
                             visible_maddrs)
 from swarmtrain.peer.check import Checker
-from swarmtrain.peer.clock import Phase, PhaseClock
+from swarmtrain.peer.clock import Phase, PhaseClock, sleep_until
 from swarmtrain.peer.config import SwarmConfig
 from swarmtrain.peer.contribute import Contributor
 from swarmtrain.peer.exchange import Exchange
@@ -183,7 +183,7 @@ class Node:
             train_left = self.clock.deadline(r, Phase.TRAIN) - time.time()
             if position.phase != Phase.TRAIN or train_left < MIN_TRAIN_SHARE * self.config.timing.train_s:
                 self.heartbeat(role="waiting")
-                self._sleep_until(self.clock.round_start(r + 1))
+                sleep_until(self.clock.round_start(r + 1))
                 continue
             summary = self.engine.play(r)
             summaries.append(summary)
@@ -192,24 +192,18 @@ class Node:
         return summaries
 
     def heartbeat(self, role: str) -> None:
-        stats = self.exchange.stats() if self.exchange else None
+        """Publish this peer's status record (what ``swarmtrain status`` shows)."""
+        assert self.exchange is not None
+        stats = self.exchange.stats()
         loss = self.state.validation_loss
-        record = PeerRecord(
+        self.records.heartbeat(PeerRecord(
             peer_id=self.identity.peer_id, addresses=self.addresses[:8], round=self.state.round,
             version_id=self.state.version.hex(), state_checksum=self.state.checksum.hex(), role=role,
             last_val_loss=loss if loss is not None and math.isfinite(loss) else None,
-            bytes_sent=stats.bytes_sent if stats else 0, bytes_received=stats.bytes_received if stats else 0,
-            updates_accepted=self.engine.accepted if hasattr(self, "engine") else 0,
-            updates_rejected=self.engine.rejected if hasattr(self, "engine") else 0,
-            software_version=SOFTWARE_VERSION, time=time.time(),
-        )
-        self.records.heartbeat(record)
-
-    @staticmethod
-    def _sleep_until(moment: float) -> None:
-        delay = moment - time.time()
-        if delay > 0:
-            time.sleep(delay)
+            bytes_sent=stats.bytes_sent, bytes_received=stats.bytes_received,
+            updates_accepted=self.engine.accepted, updates_rejected=self.engine.rejected,
+            software_version=SOFTWARE_VERSION, time=time.time(), last_round_s=self.engine.last_round_s,
+        ))
 
     def close(self) -> None:
         """Stop serving, leave the DHT, release the data dir (safe to call twice)."""

@@ -20,7 +20,7 @@ from swarmtrain.dht import CommitRecord, ResultRecord, VoteRecord
 from swarmtrain.dht import Verdict as VerdictRecord
 from swarmtrain.peer.assignment import assignments
 from swarmtrain.peer.check import Submission
-from swarmtrain.peer.clock import Phase
+from swarmtrain.peer.clock import Phase, sleep_until
 from swarmtrain.peer.contribute import LocalUpdate
 from swarmtrain.peer.exchange import DigestMismatch, FetchError
 from swarmtrain.peer.merge import AcceptedUpdate, next_version
@@ -75,13 +75,9 @@ class RoundEngine:
         self._seen: set[bytes] = set()           # digests of earlier rounds (replay check)
         self._served: list[str] = []
         self.fetch_failures: dict[bytes, str] = {}
+        self.last_round_s: float | None = None  # wall time of the last full round (heartbeat)
 
     # --- helpers ---------------------------------------------------------------------
-
-    def _sleep_until(self, moment: float) -> None:
-        delay = moment - time.time()
-        if delay > 0:
-            time.sleep(delay)
 
     def _fetch_payloads(self, wanted: dict[bytes, str], deadline: float) -> dict[bytes, bytes | None]:
         """Download ``{digest: author}`` in parallel, each bounded by ``deadline``.
@@ -129,7 +125,7 @@ class RoundEngine:
         self._commit(r, update)
 
         # 2. after the commit deadline: fetch what I must check, check, vote.
-        self._sleep_until(node.clock.deadline(r, Phase.COMMIT))
+        sleep_until(node.clock.deadline(r, Phase.COMMIT))
         commits = node.records.commits(r)
         authors = {bytes.fromhex(c.digest): peer for peer, c in commits.items()}
         table = assignments(r, authors, list(commits), node.config.vote.checkers_per_update)
@@ -149,7 +145,7 @@ class RoundEngine:
             }))
 
         # 3. after the vote deadline: tally, fetch accepted payloads, merge.
-        self._sleep_until(vote_deadline)
+        sleep_until(vote_deadline)
         commits = node.records.commits(r)
         authors = {bytes.fromhex(c.digest): peer for peer, c in commits.items()}
         table = assignments(r, authors, list(commits), node.config.vote.checkers_per_update)
@@ -165,11 +161,12 @@ class RoundEngine:
 
         # 4. agree: compare with the majority, resync when in the minority.
         agree_at = node.clock.deadline(r, Phase.VOTE) + AGREE_READ_SHARE * node.config.timing.agree_s
-        self._sleep_until(agree_at)
+        sleep_until(agree_at)
         resynced = node.sync.agree(r, mine_ok=merged_ok)
         mine_accepted = update.committed_digest in accepted_digests
         self.accepted += int(mine_accepted)
         self.rejected += int(not mine_accepted)
+        self.last_round_s = time.time() - started
         node.heartbeat(role="training")
         after = node.exchange.stats() if node.exchange else None
         self._forget_old_payloads(keep=set(authors))

@@ -34,6 +34,7 @@ class PeerStatus:
     updates_accepted: int
     updates_rejected: int
     seconds_since_heartbeat: float
+    last_round_s: float | None
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def collect(records: SwarmRecords) -> SwarmSnapshot:
         (PeerStatus(peer_id=p, role=r.role, round=r.round, version=r.version_id, state_checksum=r.state_checksum,
                     last_val_loss=r.last_val_loss, bytes_sent=r.bytes_sent, bytes_received=r.bytes_received,
                     updates_accepted=r.updates_accepted, updates_rejected=r.updates_rejected,
-                    seconds_since_heartbeat=round(now - r.time, 1))
+                    seconds_since_heartbeat=round(now - r.time, 1), last_round_s=r.last_round_s)
          for p, r in records.peers().items()),
         key=lambda s: s.peer_id,
     ))

@@ -50,7 +50,7 @@ def test_plain_hivemind_bootstrap_honest_peers_agree_and_faults_are_rejected(tmp
         status = json.loads(snapshot.stdout)
         assert status["swarm"] == "itest-a" and status["round"] is not None
         assert len(status["peers"]) >= 4
-        assert all(p["bytes_sent"] > 0 for p in status["peers"] if p["round"] >= 1)
+        assert all(p["bytes_sent"] > 0 and p["last_round_s"] > 0 for p in status["peers"] if p["round"] >= 1)
         swarm.wait("honest0", "honest1", "honest2", "scale", "badsum", timeout=150)
     finally:
         swarm.stop_all()

@@ -19,7 +19,7 @@ def _text(renderable: object, width: int = 120) -> str:
 def _peer(pid: str, version: str) -> PeerStatus:
     return PeerStatus(peer_id=pid, role="training", round=3, version=version, state_checksum="c" * 64,
                       last_val_loss=2.5, bytes_sent=2048, bytes_received=10, updates_accepted=3,
-                      updates_rejected=1, seconds_since_heartbeat=1.0)
+                      updates_rejected=1, seconds_since_heartbeat=1.0, last_round_s=17.0)
 
 
 def test_status_marks_peers_off_the_majority_version() -> None:
