@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from swarmtrain.dht import (GenesisRecord, PeerRecord, SwarmRecords, load_or_create_identity, start_dht,
+from swarmtrain.dht import (DHTTimeoutError, GenesisRecord, PeerRecord, SwarmRecords, load_or_create_identity, start_dht,
                             visible_maddrs)
 from swarmtrain.peer.check import Checker
 from swarmtrain.peer.clock import Phase, PhaseClock, sleep_until
@@ -185,7 +185,13 @@ class Node:
                 self.heartbeat(role="waiting")
                 sleep_until(self.clock.round_start(r + 1))
                 continue
-            summary = self.engine.play(r)
+            try:
+                summary = self.engine.play(r)
+            except DHTTimeoutError as error:
+                # A slow DHT costs this round, not the peer: catch up at the next one.
+                self.options.announce(f"round {r}: the DHT did not answer in time ({error}); skipping to the next round")
+                sleep_until(self.clock.round_start(r + 1))
+                continue
             summaries.append(summary)
             self.options.announce(summary.line())
         self.heartbeat(role="leaving")

@@ -23,7 +23,7 @@ from swarmtrain.peer.check import Submission
 from swarmtrain.peer.clock import Phase, sleep_until
 from swarmtrain.peer.contribute import LocalUpdate
 from swarmtrain.peer.exchange import DigestMismatch, FetchError
-from swarmtrain.peer.merge import AcceptedUpdate, next_version
+from swarmtrain.peer.merge import AcceptedUpdate, MergeError, next_version
 from swarmtrain.peer.state import ModelState
 from swarmtrain.peer.store import Contribution
 from swarmtrain.peer.vote import Tally, Verdict, tally
@@ -213,7 +213,11 @@ class RoundEngine:
                             digest.hex()[:12], error)
                 return False
             updates.append(AcceptedUpdate(digest, commits[authors[digest]].samples, tensors))
-        result = next_version(state.params, state.version, updates, state.outer)
+        try:
+            result = next_version(state.params, state.version, updates, state.outer)
+        except MergeError as error:  # only a dishonest majority accepts such an update
+            log.warning("the accepted updates do not merge here (%s): this peer will resync", error)
+            return False
         contributions = tuple(
             Contribution(
                 peer_id=authors[d], digest=d.hex(), samples=commits[authors[d]].samples,
