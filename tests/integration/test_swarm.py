@@ -101,3 +101,20 @@ def test_late_joiner_and_killed_peer_catch_up_and_agree(tmp_path: Path) -> None:
             (a[last].version_id, a[last].state_checksum)
     assert _peer_id(swarm.peers["c"].log_text()) == _peer_id(swarm.peers["c2"].log_text())
     assert "resuming from version" in swarm.peers["c2"].log_text()
+
+
+@pytest.mark.timeout(120)
+def test_joiner_with_other_settings_is_refused(tmp_path: Path) -> None:
+    """A peer insisting on settings that differ from the genesis exits 1 with the differences."""
+    swarm = Swarm(tmp_path, "itest-c")
+    try:
+        first = swarm.start("a", *SMOKE, "--start-delay", "60")
+        address = first.address()
+        other = swarm.start("b", "--preset", "demo", "--initial-peers", address)
+        other.process.wait(timeout=90)
+        log = other.log_text()
+        assert other.process.returncode == 1, log
+        assert "your settings differ" in log and "train.inner_steps: yours 300, swarm 60" in log
+        assert "Traceback" not in log
+    finally:
+        swarm.stop_all()

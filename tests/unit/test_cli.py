@@ -1,0 +1,71 @@
+"""CLI: user mistakes give one line on stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from swarmtrain.dht.schemas import ResultRecord
+from swarmtrain.peer.cli import main
+from swarmtrain.peer.node import _config_diff
+from swarmtrain.peer.config import preset
+from swarmtrain.peer.sync import majority
+
+PEER = "QmXfzsrJ8n8o2gGqXbXvDJHnS6PNtEh5Evu7Wrqk1FNbAb"
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_dead_bootstrap_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run(capsys, "join", "--data-dir", str(tmp_path), "--initial-peers",
+                     f"/ip4/127.0.0.1/tcp/1/p2p/{PEER}")
+    assert code == 1
+    assert err.startswith("swarmtrain: error:") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_malformed_multiaddr_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run(capsys, "join", "--data-dir", str(tmp_path), "--initial-peers", "not-an-address")
+    assert code == 1 and err.startswith("swarmtrain: error:") and err.count("\n") == 1
+
+
+def test_bad_settings_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run(capsys, "simulate", "--density", "0", "--rounds", "1")
+    assert code == 2 and "codec.density" in err
+    code, err = _run(capsys, "simulate", "--task", "nosuchmodule:make", "--rounds", "1")
+    assert code == 2 and "nosuchmodule" in err
+
+
+def test_log_without_versions_says_which_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run(capsys, "log", "--data-dir", str(tmp_path / "nothing"))
+    assert code == 2 and "holds no versions" in err
+
+
+def test_unknown_flag_exits_2() -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["join", "--no-such-flag"])
+    assert info.value.code == 2
+
+
+def _result(peer: str, version: str, checksum: str) -> ResultRecord:
+    return ResultRecord(peer_id=peer, version_id=version * 64, state_checksum=checksum * 64, accepted=[])
+
+
+def test_majority_picks_most_common_pair_and_its_holders() -> None:
+    ids = [PEER[:-1] + c for c in "ABCD"]
+    results = {ids[0]: _result(ids[0], "a", "1"), ids[1]: _result(ids[1], "a", "1"),
+               ids[2]: _result(ids[2], "a", "2"), ids[3]: _result(ids[3], "b", "1")}
+    version, checksum, holders = majority(results)  # type: ignore[misc]
+    assert (version, checksum) == ("a" * 64, "1" * 64) and holders == sorted(ids[:2])
+    assert majority({}) is None
+
+
+def test_config_diff_names_each_difference() -> None:
+    a = preset("smoke").to_dict()
+    b = preset("demo").to_dict()
+    diffs = _config_diff(a, b)
+    assert any(d.startswith("train.inner_steps: yours 60, swarm 300") for d in diffs)
+    assert _config_diff(a, a) == []
