@@ -3,8 +3,13 @@
 Wire format 1 is one msgpack map with keys in sorted order::
 
     {"bits": 2|4|8|32, "chunk": power of two, "density": float64, "format": 1,
-     "meta": {...}, "tensors": [{"idx": bin, "name": str, "shape": [int, ...],
-                                 "step": bin, "val": bin}, ...]}   # sorted by name
+     "meta": {...}, "tensors": [{"i": bin, "n": str, "q": bin, "s": [int, ...],
+                                 "v": bin}, ...]}   # sorted by name
+
+Per tensor: ``n`` name, ``s`` shape, ``i`` packed indices, ``v`` packed values, ``q``
+per-chunk float32 quantization steps. One-letter keys because the framing of each tensor
+is paid in every payload: with the demo model's 28 tensors the long names cost ~390 B of
+a ~5 KB update.
 
 Each tensor is flattened (row-major) and cut into chunks of ``chunk`` elements; each
 chunk keeps its top ``min(n, max(1, round(density * n)))`` entries by magnitude
@@ -44,7 +49,7 @@ MAX_META_DEPTH = 16
 MAX_MAP_LEN = MAX_META_BYTES // 2
 
 _TOP_KEYS = frozenset({"bits", "chunk", "density", "format", "meta", "tensors"})
-_TENSOR_KEYS = frozenset({"idx", "name", "shape", "step", "val"})
+_TENSOR_KEYS = frozenset({"i", "n", "q", "s", "v"})
 _INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INT_RANGE = (-(1 << 63), (1 << 64) - 1)  # what msgpack can carry
 
@@ -129,8 +134,7 @@ def _encode(
         layout = tensor_layout(flat.numel(), density=density, bits=bits, chunk=chunk)
         groups = encode_groups(flat, layout)
         blobs = to_blobs(groups, layout)
-        entries.append({"idx": blobs.idx, "name": name, "shape": list(tensor.shape), "step": blobs.step,
-                        "val": blobs.val})
+        entries.append({"i": blobs.idx, "n": name, "q": blobs.step, "s": list(tensor.shape), "v": blobs.val})
         if recon is not None:
             recon[name] = assemble(groups, layout).reshape(tensor.shape)
     doc = {"bits": bits, "chunk": chunk, "density": density, "format": FORMAT_VERSION, "meta": meta,
@@ -305,7 +309,7 @@ def _check_entries(
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or set(entry) != _TENSOR_KEYS:
             raise ProtocolError(f"tensor entry {i} must be a map with keys {sorted(_TENSOR_KEYS)}")
-        name, shape = entry["name"], entry["shape"]
+        name, shape = entry["n"], entry["s"]
         if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_CHARS:
             raise ProtocolError(f"tensor entry {i}: name must be a str of 1..{MAX_NAME_CHARS} characters")
         if previous is not None and name <= previous:
@@ -316,9 +320,9 @@ def _check_entries(
         if total > max_elements:
             raise ProtocolError(f"declared tensors exceed {max_elements} elements in all (at {name!r}); "
                                 "raise max_elements only if you expect a model this large")
-        blobs = [entry[key] for key in ("idx", "val", "step")]
+        blobs = [entry[key] for key in ("i", "v", "q")]
         if not all(type(b) is bytes for b in blobs):
-            raise ProtocolError(f"tensor {name!r}: idx, val and step must be binary")
+            raise ProtocolError(f"tensor {name!r}: idx (i), val (v) and step (q) must be binary")
         layout = tensor_layout(numel, density=density, bits=bits, chunk=chunk)
         tensor_blobs = TensorBlobs(idx=blobs[0], val=blobs[1], step=blobs[2])
         try:

@@ -89,9 +89,9 @@ def _mutations() -> list[tuple[str, Callable[[dict[str, Any], Any], None]]]:
         return lambda doc, value: doc["tensors"][0].__setitem__(key, value)
 
     fields = [(f"top.{k}", top(k)) for k in ("bits", "chunk", "density", "format", "meta", "tensors")]
-    fields += [(f"tensor.{k}", entry(k)) for k in ("idx", "name", "shape", "step", "val")]
+    fields += [(f"tensor.{k}", entry(k)) for k in ("i", "n", "q", "s", "v")]
     fields.append(("tensor entry", lambda doc, value: doc["tensors"].__setitem__(0, value)))
-    fields.append(("shape dim", lambda doc, value: doc["tensors"][0]["shape"].__setitem__(0, value)))
+    fields.append(("shape dim", lambda doc, value: doc["tensors"][0]["s"].__setitem__(0, value)))
     return fields
 
 
@@ -122,7 +122,7 @@ def test_missing_and_extra_keys() -> None:
     doc["zzz"] = 1
     _rejects(_pack(doc))
     doc = _doc(_small_payload())
-    del doc["tensors"][1]["step"]
+    del doc["tensors"][1]["q"]
     _rejects(_pack(doc))
 
 
@@ -141,7 +141,7 @@ def _fast_rejection(doc: dict[str, Any], match: str, **kwargs: Any) -> None:
 @pytest.mark.parametrize("shape", [[2**20, 2**20], [2**40], [2**63, 0], [2**64 - 1, 0], [2**14] * 8])
 def test_huge_declared_shapes_fail_fast_on_the_limit(shape: list[int]) -> None:
     doc = _doc(_small_payload())
-    doc["tensors"][0]["shape"] = shape
+    doc["tensors"][0]["s"] = shape
     _fast_rejection(doc, match="exceeds|dims must be")
 
 
@@ -153,7 +153,7 @@ def test_total_elements_are_capped_across_tensors() -> None:
 
 def test_too_many_dims_and_too_many_tensors() -> None:
     doc = _doc(_small_payload())
-    doc["tensors"][2]["shape"] = [1] * 9
+    doc["tensors"][2]["s"] = [1] * 9
     _rejects(_pack(doc), match="at most 8")
     # A msgpack array header that claims 2**32 - 1 entries must not be believed.
     doc = _doc(_small_payload())
@@ -176,7 +176,7 @@ def test_duplicate_and_unsorted_names() -> None:
 def test_long_and_empty_names() -> None:
     for name in ("", "a" * 1025):
         doc = _doc(_small_payload())
-        doc["tensors"][0]["name"] = name
+        doc["tensors"][0]["n"] = name
         _rejects(_pack(doc), match="name")
 
 
@@ -192,30 +192,30 @@ def _sparse_doc() -> dict[str, Any]:
 ])
 def test_bad_indices(indices: list[int], match: str) -> None:
     doc = _sparse_doc()
-    assert len(doc["tensors"][0]["idx"]) == 2  # 3 indices x 4 bits, padded to 2 bytes
-    doc["tensors"][0]["idx"] = pack_uints(np.array(indices), 4)
+    assert len(doc["tensors"][0]["i"]) == 2  # 3 indices x 4 bits, padded to 2 bytes
+    doc["tensors"][0]["i"] = pack_uints(np.array(indices), 4)
     _rejects(_pack(doc), match=match)
 
 
 def test_nonzero_padding_bits_are_not_canonical() -> None:
     doc = _doc(encode_update({"a": torch.arange(1.0, 4.0)}, density=1.0, bits=2, chunk=4))
-    val = bytearray(doc["tensors"][0]["val"])
+    val = bytearray(doc["tensors"][0]["v"])
     val[-1] |= 0b1100_0000  # bits past the third 2-bit code
-    doc["tensors"][0]["val"] = bytes(val)
+    doc["tensors"][0]["v"] = bytes(val)
     _rejects(_pack(doc), match="padding")
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0, -0.0])
 def test_bad_steps(bad: float) -> None:
     doc = _sparse_doc()
-    doc["tensors"][0]["step"] = struct.pack("<f", bad) + doc["tensors"][0]["step"][4:]
+    doc["tensors"][0]["q"] = struct.pack("<f", bad) + doc["tensors"][0]["q"][4:]
     _rejects(_pack(doc), match="step")
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("-inf")])
 def test_non_finite_raw_values(bad: float) -> None:
     doc = _doc(encode_update({"a": torch.ones(5)}, density=1.0, bits=32))
-    doc["tensors"][0]["val"] = struct.pack("<f", bad) + doc["tensors"][0]["val"][4:]
+    doc["tensors"][0]["v"] = struct.pack("<f", bad) + doc["tensors"][0]["v"][4:]
     _rejects(_pack(doc), match="NaN or inf")
 
 
