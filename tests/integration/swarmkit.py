@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -42,7 +43,9 @@ class Swarm:
 
     def start_plain_hivemind(self) -> str:
         """A stock `hivemind-dht` node (no swarmtrain code) as bootstrap; returns its address."""
-        exe = shutil.which("hivemind-dht")
+        # Beside this interpreter (a venv's bin/ need not be on PATH), else on PATH.
+        beside = Path(sys.executable).parent / "hivemind-dht"
+        exe = str(beside) if beside.exists() else shutil.which("hivemind-dht")
         assert exe is not None, "hivemind-dht is installed with hivemind"
         log_path = self.root / "hivemind-dht.log"
         self.root.mkdir(parents=True, exist_ok=True)
