@@ -24,16 +24,18 @@ import time
 
 import torch
 
-from swarmtrain.peer.config import CodecConfig, OuterConfig, SwarmConfig, TrainConfig, preset
-from swarmtrain.peer.simulate import Simulation
+from swarmtrain.peer.config import CodecConfig, OuterConfig, SwarmConfig, preset
+from swarmtrain.peer.simulate import VALIDATION_SEED, Simulation
+from swarmtrain.peer.tasks import load_task
+from swarmtrain.peer.trainer import LocalTrainer, evaluate_loss
 
 # (label, density, bits); density 1.0 / 32 bits means uncompressed DiLoCo with Nesterov.
 SETTINGS: list[tuple[str, float, int]] = [
     ("uncompressed", 1.0, 32),
     ("d=0.01 b=2", 0.01, 2),
+    ("d=0.015 b=2", 0.015, 2),
     ("d=0.02 b=2", 0.02, 2),
-    ("d=0.05 b=2", 0.05, 2),
-    ("d=0.02 b=8", 0.02, 8),
+    ("d=0.015 b=8", 0.015, 8),
 ]
 
 
@@ -43,8 +45,7 @@ def config_for(density: float, bits: int, inner_steps: int, batch: int) -> Swarm
     if density >= 1.0 and bits == 32:
         return base.replace(train=train, codec=CodecConfig(density=1.0, bits=32),
                             outer=OuterConfig(kind="nesterov", lr=0.7, momentum=0.9, ef_decay=0.0))
-    return base.replace(train=train, codec=CodecConfig(density=density, bits=bits),
-                        outer=OuterConfig(kind="sparseloco", lr=1.0, ef_decay=0.95))
+    return base.replace(train=train, codec=CodecConfig(density=density, bits=bits), outer=OuterConfig())
 
 
 def run_setting(label: str, config: SwarmConfig, peers: int, rounds: int) -> dict[str, object]:
@@ -79,10 +80,6 @@ def run_setting(label: str, config: SwarmConfig, peers: int, rounds: int) -> dic
 
 def run_single(config: SwarmConfig, total_steps: int) -> dict[str, object]:
     """One peer doing every inner step alone (no exchange): the compute-matched baseline."""
-    from swarmtrain.peer.tasks import load_task
-    from swarmtrain.peer.trainer import LocalTrainer, evaluate_loss
-    from swarmtrain.peer.simulate import VALIDATION_SEED
-
     started = time.monotonic()
     task = load_task(config)
     model = task.build_model()

@@ -11,7 +11,9 @@ A checker accepts an update only when every check passes, cheapest first:
    lower one),
 4. the checker's held-out loss of ``V(r)`` with this update applied alone, at the weight
    the merge would give it (outer lr x its share ``1/n`` of the round's mean), is at
-   most ``loss_before + tolerance``. Sign flips and noise raise the loss. Applying a
+   most ``loss_before + tolerance``, and below the loss with the update negated (near the
+   initial model almost any step helps, a sign-flipped one included). Sign flips and
+   noise fail one or the other. Applying a
    compressed update at full weight instead overshoots (it is a top-k of a momentum-like
    error-feedback buffer) and rejected about half of the honest updates in the
    simulator; at its merge weight honest updates pass.
@@ -112,6 +114,12 @@ def judge(
         return Verdict(False, "loss not finite after update", loss_before, loss_after, norm)
     if loss_after > loss_before + config.tolerance:
         return Verdict(False, f"held-out loss rose by {loss_after - loss_before:.4f}",
+                       loss_before, loss_after, norm)
+    # Near the initial model almost any step lowers the loss, a sign-flipped one included;
+    # an honest pseudo-gradient must also beat its own negation (point downhill).
+    loss_mirror = evaluate(apply_step(params, update, -step_scale))
+    if not loss_after < loss_mirror:
+        return Verdict(False, f"points uphill: loss {loss_after:.4f} with it, {loss_mirror:.4f} with its negation",
                        loss_before, loss_after, norm)
     return Verdict(True, "ok", loss_before, loss_after, norm)
 

@@ -54,10 +54,25 @@ def test_nan_and_shape_rejected() -> None:
     assert "unknown" in _judge({"x": torch.zeros(3)}).reason
 
 
-def test_tolerance_admits_small_loss_increase() -> None:
-    slight = {"w": torch.tensor([0.0, 0.0, 0.01])}  # moves away from TARGET a little
-    assert not _judge(slight, median=update_norm(slight)).accept
-    assert _judge(slight, median=update_norm(slight), tolerance=1.0).accept
+def test_tolerance_admits_a_small_overshoot() -> None:
+    over = {"w": -2.2 * TARGET}  # V - u = 2.2 * TARGET: past the target, loss 14 -> 20.2
+    assert not _judge(over, median=update_norm(over)).accept
+    assert _judge(over, median=update_norm(over), tolerance=10.0).accept
+
+
+def test_update_that_loses_to_its_negation_is_rejected() -> None:
+    # Both directions lower this loss (as near an untrained model); the update's is the worse one.
+    def lopsided(params: dict[str, torch.Tensor]) -> float:
+        w0 = float(params["w"][0])
+        return 5.0 - abs(w0) - 0.5 * w0
+
+    flipped = {"w": torch.tensor([1.0, 0.0, 0.0])}  # V - u moves w0 to -1: loss 4.5, negation 3.5
+    verdict = judge(flipped, params=PARAMS, loss_before=5.0, evaluate=lopsided, round_median_norm=1.0,
+                    config=VoteConfig(), step_scale=1.0)
+    assert not verdict.accept and "uphill" in verdict.reason
+    honest = {"w": torch.tensor([-1.0, 0.0, 0.0])}
+    assert judge(honest, params=PARAMS, loss_before=5.0, evaluate=lopsided, round_median_norm=1.0,
+                 config=VoteConfig(), step_scale=1.0).accept
 
 
 def test_median_norm_ignores_non_finite() -> None:
