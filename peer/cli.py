@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rounds", type=_positive_int, default=8)
     demo.add_argument("--preset", choices=PRESETS, default="demo")
     demo.add_argument("--fault", choices=list(FAULT_MODES), default=None, help="make the last peer misbehave")
-    demo.add_argument("--data-dir", default="swarm-data/demo", help="where peers keep data and logs")
+    demo.add_argument("--data-dir", default="swarm-data/local-demo", help="where the peers keep data and logs")
     demo.set_defaults(func=cmd_demo)
 
     status = sub.add_parser("status", help="one snapshot of a swarm, read from its DHT records")
