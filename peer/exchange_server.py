@@ -176,6 +176,11 @@ class BlobServer:
         self._active = 0
         self._p2p: P2P | None = None
 
+    @property
+    def active_streams(self) -> int:
+        """Streams being served right now (tests wait on it instead of sleeping)."""
+        return self._active
+
     async def start(self, p2p: P2P) -> None:
         """Register the stream handler; call on the loop that runs ``p2p``."""
         if self._p2p is not None:
@@ -195,6 +200,10 @@ class BlobServer:
         response = _ResponseState()
         try:
             if self._active >= self.max_concurrent_streams:
+                # Take the (tiny) request off the stream first: refusing before the client
+                # has written it races with its write, and p2pd may reset the stream and
+                # lose the error frame (seen under load as "broken pipe").
+                await read_frame(reader, MAX_REQUEST_FRAME, self.request_timeout)
                 await self._refuse(writer, ERR_BUSY, f"{self._active} streams in flight; retry later")
                 return
             self._active += 1

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
 from swarmtrain.dht import (DHTTimeoutError, GenesisRecord, PeerRecord, SwarmRecords, load_or_create_identity, start_dht,
                             visible_maddrs)

@@ -115,7 +115,6 @@ class RoundEngine:
         started = time.time()
         before = node.exchange.stats() if node.exchange else None
         state = node.state
-        parent = state.version
         node.heartbeat(role="training")
 
         # 1. train until the train deadline, then encode.
@@ -230,10 +229,9 @@ class RoundEngine:
             )
             for d in sorted(authors)
         )
-        parent = state.version
         new = ModelState(params=result.params, outer=state.outer, version=result.version_id, round=r + 1,
                          checksum=result.state_checksum, validation_loss=node.checker.loss(result.params))
-        new.save(node.store, new.commit_for(parent=parent, produced_in=r, contributions=contributions))
+        new.save(node.store, new.commit_for(parent=state.version, produced_in=r, contributions=contributions))
         node.sync.adopt(new)
         node.records.publish_result(r, ResultRecord(
             peer_id=node.identity.peer_id, version_id=new.version.hex(), state_checksum=new.checksum.hex(),

@@ -258,7 +258,9 @@ def test_busy_server_refuses_with_an_error_frame(exchanges: tuple[Exchange, Exch
 
     try:
         holder = b.submit(hold_a_stream(b.p2p))
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while server.active_streams < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
         with pytest.raises(PeerUnavailable, match="busy"):
             fetch_raw(b, a, digest, "test.busy")
         assert isinstance(decode_response(holder.result(10)), ErrorResponse)  # timed out politely
@@ -408,20 +410,15 @@ def test_unknown_peer_is_peer_unavailable(exchanges: tuple[Exchange, Exchange]) 
         b.fetch("not a peer id!", "update", blob_digest(b"x").hex(), max_size=MiB, timeout=5)
 
 
-# --- throughput ----------------------------------------------------------------------
+# --- large blobs ---------------------------------------------------------------------
 
 
-def test_throughput_64mib(exchanges: tuple[Exchange, Exchange], record_property: Callable[[str, object], None]) -> None:
+def test_64mib_blob_arrives_intact(exchanges: tuple[Exchange, Exchange]) -> None:
+    """Many frames, one digest; speed is measured by benchmarks/exchange.py, not here."""
     a, b = exchanges
     data, digest = make_blob(64 * MiB, seed=12)
     a.serve("update", digest, data)
-    rates = []
-    for _ in range(3):
-        started = time.perf_counter()
-        assert b.fetch(a.peer_id, "update", digest, max_size=64 * MiB, timeout=30) == data
-        rates.append(64 / (time.perf_counter() - started))
-    a.unserve("update", digest)
-    best = max(rates)
-    record_property("throughput_mib_s", round(best))
-    print(f"\n64 MiB over loopback ({a.loop_name}): best {best:.0f} MiB/s of {[round(r) for r in rates]}")
-    assert best > 20  # a floor that only catches pathologies (e.g. a copy per byte)
+    try:
+        assert b.fetch(a.peer_id, "update", digest, max_size=64 * MiB, timeout=60) == data
+    finally:
+        a.unserve("update", digest)

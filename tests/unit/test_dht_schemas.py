@@ -18,7 +18,6 @@ from swarmtrain.dht.schemas import (
     MAX_DIGESTS_PER_RECORD,
     CommitRecord,
     GenesisRecord,
-    PeerRecord,
     ResultRecord,
     ValidationError,
     VoteRecord,
