@@ -8,8 +8,8 @@ fp32, encode/decode throughput (MB/s of fp32 input), the one-shot relative L2 er
 and the relative error of the sum of R transmitted updates against the sum of the true
 deltas, without and with error feedback (the residual carried to the next round).
 hivemind's Uniform8BitQuantization and BlockwiseQuantization run on the same tensors
-as the reference, and section ``bnb_vs_torch`` measures bitsandbytes against the torch
-path for quantizing the kept values (see protocol/quant.py for the decision).
+as the reference, and section ``bnb_vs_codec`` measures bitsandbytes against the codec's
+own (numpy) quantization of the kept values (see protocol/quant.py for the decision).
 
     python benchmarks/codec.py            # ~1-2 minutes on 2 shared cores
     python benchmarks/codec.py --quick    # ~30 s
@@ -197,22 +197,21 @@ def bench_hivemind(deltas: list[Tensors], repeats: int) -> list[dict[str, Any]]:
     return out
 
 
-def kept_values(deltas: list[Tensors], density: float, chunk: int = 4096) -> torch.Tensor:
+def kept_values(deltas: list[Tensors], density: float, chunk: int = 4096) -> np.ndarray:
     """The kept values of every full chunk, as the codec selects them: ``[chunks, k]``."""
     rows = []
     for delta in deltas:
         for t in delta.values():
-            flat = t.reshape(-1).float()
-            layout = tensor_layout(flat.numel(), density=density, bits=8, chunk=chunk)
-            for g in layout.groups:
-                if g.width == chunk and not g.dense:
-                    m = flat[g.offset : g.offset + g.rows * g.width].view(g.rows, g.width)
-                    rows.append(m.gather(1, select_topk(m, g.keep)))
-    return torch.cat(rows)
+            flat = t.reshape(-1).float().numpy()
+            layout = tensor_layout(flat.size, density=density, bits=8, chunk=chunk)
+            if layout.full_rows and layout.keep < chunk:
+                m = flat[: layout.full_rows * chunk].reshape(layout.full_rows, chunk)
+                rows.append(np.take_along_axis(m, select_topk(m, layout.keep), axis=1))
+    return np.concatenate(rows)
 
 
-def bench_bnb_vs_torch(deltas: list[Tensors], repeats: int) -> dict[str, Any]:
-    """8-bit quantization of the kept values: the codec's torch path vs bitsandbytes.
+def bench_bnb_vs_codec(deltas: list[Tensors], repeats: int) -> dict[str, Any]:
+    """8-bit quantization of the kept values: the codec's own path vs bitsandbytes.
 
     bitsandbytes' blockwise kernels need blocks of 64..4096 values and a chunk keeps 41
     (1 % of 4096), so each chunk's values are zero-padded to a 64-value block; with the
@@ -223,42 +222,43 @@ def bench_bnb_vs_torch(deltas: list[Tensors], repeats: int) -> dict[str, Any]:
     except Exception as e:  # bitsandbytes is optional for the codec
         return {"available": False, "reason": f"{type(e).__name__}: {e}"}
     kept = kept_values(deltas, 0.01)
+    kept_t = torch.from_numpy(kept)
     rows, k = kept.shape
-    elems = kept.numel()
+    elems = kept.size
     linear = bnbf.create_linear_map(signed=True, total_bits=8)
 
-    def torch_path() -> torch.Tensor:
+    def codec_path() -> np.ndarray:
         codes, steps = quantize(kept, 8)
         return dequantize(codes, steps, 8)
 
-    def bnb_path(code: torch.Tensor | None) -> torch.Tensor:
+    def bnb_path(code: torch.Tensor | None) -> np.ndarray:
         padded = torch.zeros(rows, 64)
-        padded[:, :k] = kept
+        padded[:, :k] = kept_t
         q, state = bnbf.quantize_blockwise(padded.reshape(-1), code=code, blocksize=64)
-        return bnbf.dequantize_blockwise(q, state).reshape(rows, 64)[:, :k]
+        return bnbf.dequantize_blockwise(q, state).reshape(rows, 64)[:, :k].numpy()
 
     def quantize_only_bnb() -> Any:
         padded = torch.zeros(rows, 64)
-        padded[:, :k] = kept
+        padded[:, :k] = kept_t
         return bnbf.quantize_blockwise(padded.reshape(-1), code=linear, blocksize=64)
 
-    t_torch, (codes, _) = timed(lambda: quantize(kept, 8), repeats)
+    t_codec, (codes, _) = timed(lambda: quantize(kept, 8), repeats)
     t_bnb, (bnb_codes, _) = timed(quantize_only_bnb, repeats)
     # Same linear code, same index order: index q means (2q - 255) / 255 * absmax.
-    same_codes = float((bnb_codes.reshape(rows, 64)[:, :k] == codes).float().mean())
+    same_codes = float((bnb_codes.reshape(rows, 64)[:, :k].numpy() == codes).mean())
 
-    def err(rec: torch.Tensor) -> float:
-        return float((rec - kept).norm() / kept.norm())
+    def err(rec: np.ndarray) -> float:
+        return float(np.linalg.norm(rec - kept) / np.linalg.norm(kept))
 
     return {
         "available": True, "kept_values": elems, "rows": rows, "k": k,
-        "torch_quantize_Mvalues_per_s": round(elems / t_torch / 1e6, 2),
+        "codec_quantize_Mvalues_per_s": round(elems / t_codec / 1e6, 2),
         "bnb_linear_quantize_Mvalues_per_s": round(elems / t_bnb / 1e6, 2),
-        "torch_rel_err": round(err(torch_path()), 6),
+        "codec_rel_err": round(err(codec_path()), 6),
         "bnb_linear_rel_err": round(err(bnb_path(linear)), 6),
         "bnb_dynamic_rel_err_not_wire_compatible": round(err(bnb_path(None)), 6),
-        "bnb_linear_codes_equal_to_torch_fraction": round(same_codes, 4),
-        "chosen": "torch",
+        "bnb_linear_codes_equal_to_codec_fraction": round(same_codes, 4),
+        "chosen": "codec (numpy)",
     }
 
 
@@ -285,7 +285,7 @@ def main() -> None:
         "swarmtrain": results,
         "swarmtrain_one_large_tensor": bench_large_tensor(deltas, 1 << (20 if args.quick else 22), repeats),
         "hivemind": bench_hivemind(deltas, repeats),
-        "bnb_vs_torch": bench_bnb_vs_torch(deltas, repeats),
+        "bnb_vs_codec": bench_bnb_vs_codec(deltas, repeats),
         "notes": [
             "throughput = fp32 MB of the whole model's update / median seconds per encode or decode; "
             "on a tiny model it is dominated by per-tensor overhead, see swarmtrain_one_large_tensor",

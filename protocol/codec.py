@@ -26,16 +26,18 @@ by re-encoding the msgpack differently.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+import numpy as np
 import torch
 
 from .errors import ProtocolError
-from .layout import VALUE_BITS, TensorLayout, tensor_layout, valid_chunk
-from .tensorcodec import TensorBlobs, assemble, check_blob_lengths, encode_groups, from_blobs, to_blobs
+from .layout import VALUE_BITS, tensor_layout, valid_chunk
+from .plan import BatchPlan, batch_plan
+from .tensorcodec import TensorBlobs, assemble, encode_classes, from_blobs, to_blobs
 
 FORMAT_VERSION = 1
 DEFAULT_MAX_ELEMENTS = 1 << 28  # 1 GiB of decoded float32
@@ -44,12 +46,21 @@ MAX_NAME_CHARS = 1024
 MAX_TENSORS = 1 << 16
 MAX_META_BYTES = 1 << 16
 MAX_META_DEPTH = 16
+# Tensors are coded in batches of about this many elements (one big tensor alone): the
+# per-call cost of top-k and packing is paid per batch instead of per tensor, and a
+# batch's float32 copy stays small. Decoded tensors of one batch share its buffer.
+BATCH_ELEMENTS = 1 << 20
 # Map sizes: the top level has 6 keys, a tensor entry 5; metadata maps share the
 # metadata byte budget, so a map cannot need more entries than that budget has bytes / 2.
 MAX_MAP_LEN = MAX_META_BYTES // 2
 
-_TOP_KEYS = frozenset({"bits", "chunk", "density", "format", "meta", "tensors"})
-_TENSOR_KEYS = frozenset({"i", "n", "q", "s", "v"})
+# Keys in canonical (sorted) order; msgpack keeps the order of a map as received.
+_TOP_ORDER = ("bits", "chunk", "density", "format", "meta", "tensors")
+_TENSOR_ORDER = ("i", "n", "q", "s", "v")
+_TOP_KEYS = frozenset(_TOP_ORDER)
+_TENSOR_KEYS = frozenset(_TENSOR_ORDER)
+_NOT_CANONICAL = ("payload is not in canonical form (key order, number widths or duplicate keys differ from what "
+                  "encode_update writes); re-encode it with encode_update")
 _INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INT_RANGE = (-(1 << 63), (1 << 64) - 1)  # what msgpack can carry
 
@@ -126,20 +137,46 @@ def _encode(
     for name in tensors:
         _check_name_arg(name)
     meta = _check_meta_arg(metadata)
+    names = sorted(tensors)
+    for name in names:
+        _check_tensor_arg(name, tensors[name])
+    numels = [tensors[name].numel() for name in names]
     entries: list[dict[str, Any]] = []
     recon: dict[str, torch.Tensor] | None = {} if reconstruct else None
-    for name in sorted(tensors):
-        tensor = tensors[name]
-        flat = _as_float32_vector(name, tensor, check_finite)
-        layout = tensor_layout(flat.numel(), density=density, bits=bits, chunk=chunk)
-        groups = encode_groups(flat, layout)
-        blobs = to_blobs(groups, layout)
-        entries.append({"i": blobs.idx, "n": name, "q": blobs.step, "s": list(tensor.shape), "v": blobs.val})
+    for batch in _batches(numels):
+        batch_names = names[batch]
+        plan = batch_plan(tuple(numels[batch]), density, bits, chunk)
+        buf = _float32_buffer([tensors[name] for name in batch_names], plan, check_finite, batch_names)
+        classes = encode_classes(buf.numpy(), plan)
+        for name, blobs in zip(batch_names, to_blobs(classes, plan)):
+            entries.append({"i": blobs.idx, "n": name, "q": blobs.step, "s": list(tensors[name].shape),
+                            "v": blobs.val})
         if recon is not None:
-            recon[name] = assemble(groups, layout).reshape(tensor.shape)
-    doc = {"bits": bits, "chunk": chunk, "density": density, "format": FORMAT_VERSION, "meta": meta,
+            shapes = [tensors[name].shape for name in batch_names]
+            recon.update(zip(batch_names, _split(assemble(classes, plan), plan, shapes)))
+    # Built in canonical order already (sorted keys, lists); only the caller's metadata
+    # needs sorting.
+    doc = {"bits": bits, "chunk": chunk, "density": density, "format": FORMAT_VERSION, "meta": _canonical(meta),
            "tensors": entries}
-    return _pack(doc), recon
+    return msgpack.packb(doc, use_bin_type=True), recon
+
+
+def _batches(numels: Sequence[int]) -> Iterator[slice]:
+    """Consecutive runs of tensors of about BATCH_ELEMENTS elements in all."""
+    start = total = 0
+    for i, numel in enumerate(numels):
+        if total and total + numel > BATCH_ELEMENTS:
+            yield slice(start, i)
+            start, total = i, 0
+        total += numel
+    if start < len(numels):
+        yield slice(start, len(numels))
+
+
+def _split(dense: np.ndarray, plan: BatchPlan, shapes: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """Each tensor of a batch as a view of its dense buffer (numpy slicing: half torch's cost)."""
+    return [torch.from_numpy(dense[at : at + size].reshape(shape))
+            for at, size, shape in zip(plan.offsets, plan.sizes, shapes)]
 
 
 def _check_settings(density: float, bits: int, chunk: int) -> float:
@@ -162,7 +199,7 @@ def _check_name_arg(name: Any) -> None:
         raise ValueError(f"tensor names must have 1..{MAX_NAME_CHARS} characters, got {len(name)}")
 
 
-def _as_float32_vector(name: str, tensor: torch.Tensor, check_finite: bool) -> torch.Tensor:
+def _check_tensor_arg(name: str, tensor: Any) -> None:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"tensor {name!r} must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.dtype not in _INPUT_DTYPES:
@@ -170,12 +207,23 @@ def _as_float32_vector(name: str, tensor: torch.Tensor, check_finite: bool) -> t
                         "float32 or float64")
     if tensor.dim() > MAX_NDIM:
         raise ValueError(f"tensor {name!r} has {tensor.dim()} dims; at most {MAX_NDIM} (reshape it)")
-    flat = tensor.detach().to(device="cpu", dtype=torch.float32).reshape(-1).contiguous()
+
+
+def _float32_buffer(tensors: list[torch.Tensor], plan: BatchPlan, check_finite: bool,
+                    names: list[str]) -> torch.Tensor:
+    """The tensors' elements cast to float32, in the plan's class order, in one new buffer."""
+    flats = [t.flatten() if t.is_cpu else t.cpu().flatten() for t in tensors]  # flatten: free on 1-d tensors
+    parts = [flats[t] if first == 0 and end == plan.sizes[t] else flats[t][first:end] for t, first, end in plan.pieces]
+    buf = torch.empty(plan.numel, dtype=torch.float32)
+    if parts:  # none when every tensor is empty
+        with torch.no_grad():  # cat(out=) refuses inputs that require grad otherwise
+            torch.cat(parts, out=buf)  # casts each part once, as .to(torch.float32) would
     # Checked after the float32 cast: a finite float64 beyond float32's range becomes inf.
-    if check_finite and not _all_finite(flat):
+    if check_finite and not _all_finite(buf):
+        name = next(name for name, flat in zip(names, flats) if not _all_finite(flat.to(torch.float32)))
         raise ValueError(f"tensor {name!r} contains NaN or inf (as float32); refusing to encode a non-finite "
                          "update (fix the training step; check_finite=False is for fault injection only)")
-    return flat
+    return buf
 
 
 def _all_finite(flat: torch.Tensor) -> bool:
@@ -208,6 +256,10 @@ def decode_update(payload: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -
     Raises :class:`ProtocolError` (and nothing else) for any payload that is not a
     valid, canonical, finite format-1 update within the limits, before allocating more
     than the declared shapes (at most ``max_elements`` elements in all).
+
+    Consecutive small tensors (up to ``BATCH_ELEMENTS`` elements in all) are views of
+    one buffer: independent values, but ``torch.save`` of one of them alone writes the
+    whole buffer (``.clone()`` it first).
     """
     return read_update(payload, max_elements=max_elements).tensors
 
@@ -229,12 +281,19 @@ def _read(payload: bytes, max_elements: int) -> DecodedUpdate:
     doc = _unpack(payload, max_elements)
     density, bits, chunk = _check_header(doc)
     meta = _check_meta(doc["meta"])
-    entries = _check_entries(doc["tensors"], density, bits, chunk, max_elements)
-    if _pack(doc) != bytes(payload):
-        raise ProtocolError("payload is not in canonical form (key order, number widths or duplicate keys "
-                            "differ from what encode_update writes); re-encode it with encode_update")
-    tensors = {name: assemble(from_blobs(blobs, layout), layout).reshape(shape)
-               for name, shape, layout, blobs in entries}
+    names, shapes, numels, blobs, sorted_keys = _check_entries(doc["tensors"], density, bits, chunk, max_elements)
+    # Canonical: keys in sorted order (checked here: msgpack keeps the received order, so
+    # re-packing would not notice), then re-packing gives the same bytes.
+    if not sorted_keys or tuple(doc) != _TOP_ORDER:
+        raise ProtocolError(_NOT_CANONICAL)
+    doc["meta"] = _canonical(meta)
+    if msgpack.packb(doc, use_bin_type=True) != bytes(payload):
+        raise ProtocolError(_NOT_CANONICAL)
+    tensors: dict[str, torch.Tensor] = {}
+    for batch in _batches(numels):
+        plan = batch_plan(tuple(numels[batch]), density, bits, chunk)
+        dense = assemble(from_blobs(blobs[batch], plan), plan)
+        tensors.update(zip(names[batch], _split(dense, plan, shapes[batch])))
     return DecodedUpdate(tensors=tensors, metadata=meta, density=density, bits=bits, chunk=chunk,
                          format_version=FORMAT_VERSION)
 
@@ -297,18 +356,31 @@ def _check_meta(meta: Any) -> dict[str, Any]:
     return meta
 
 
-def _check_entries(
-    entries: Any, density: float, bits: int, chunk: int, max_elements: int
-) -> list[tuple[str, list[int], TensorLayout, TensorBlobs]]:
-    """Validate every tensor entry's structure and blob lengths; allocate nothing big."""
+_Entries = tuple[list[str], list[list[int]], list[int], list[TensorBlobs], bool]
+
+
+def _check_entries(entries: Any, density: float, bits: int, chunk: int, max_elements: int) -> _Entries:
+    """Validate every tensor entry's structure and blob lengths; allocate nothing big.
+
+    Returns names, shapes, element counts and blobs, and whether every entry's keys
+    were in sorted order.
+    """
     if not isinstance(entries, list):
         raise ProtocolError(f"tensors must be a list, got {type(entries).__name__}")
-    out: list[tuple[str, list[int], TensorLayout, TensorBlobs]] = []
+    names: list[str] = []
+    shapes: list[list[int]] = []
+    numels: list[int] = []
+    blobs: list[TensorBlobs] = []
+    sorted_keys = True
     total = 0
     previous: str | None = None
     for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or set(entry) != _TENSOR_KEYS:
+        if not isinstance(entry, dict):
             raise ProtocolError(f"tensor entry {i} must be a map with keys {sorted(_TENSOR_KEYS)}")
+        if tuple(entry) != _TENSOR_ORDER:
+            if set(entry) != _TENSOR_KEYS:
+                raise ProtocolError(f"tensor entry {i} must be a map with keys {sorted(_TENSOR_KEYS)}")
+            sorted_keys = False
         name, shape = entry["n"], entry["s"]
         if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_CHARS:
             raise ProtocolError(f"tensor entry {i}: name must be a str of 1..{MAX_NAME_CHARS} characters")
@@ -320,17 +392,24 @@ def _check_entries(
         if total > max_elements:
             raise ProtocolError(f"declared tensors exceed {max_elements} elements in all (at {name!r}); "
                                 "raise max_elements only if you expect a model this large")
-        blobs = [entry[key] for key in ("i", "v", "q")]
-        if not all(type(b) is bytes for b in blobs):
+        idx, val, step = entry["i"], entry["v"], entry["q"]
+        if type(idx) is not bytes or type(val) is not bytes or type(step) is not bytes:
             raise ProtocolError(f"tensor {name!r}: idx (i), val (v) and step (q) must be binary")
         layout = tensor_layout(numel, density=density, bits=bits, chunk=chunk)
-        tensor_blobs = TensorBlobs(idx=blobs[0], val=blobs[1], step=blobs[2])
-        try:
-            check_blob_lengths(tensor_blobs, layout)
-        except ProtocolError as e:
-            raise ProtocolError(f"tensor {name!r}: {e}") from None
-        out.append((name, shape, layout, tensor_blobs))
-    return out
+        _check_len(name, "idx", idx, layout.idx_bytes)
+        _check_len(name, "val", val, layout.val_bytes)
+        _check_len(name, "step", step, layout.step_bytes)
+        names.append(name)
+        shapes.append(shape)
+        numels.append(numel)
+        blobs.append(TensorBlobs(idx, val, step))
+    return names, shapes, numels, blobs, sorted_keys
+
+
+def _check_len(name: str, what: str, blob: bytes, expected: int) -> None:
+    if len(blob) != expected:
+        raise ProtocolError(f"tensor {name!r}: {what} blob has {len(blob)} bytes, expected exactly {expected} for "
+                            "the declared shape")
 
 
 def _check_shape(name: str, shape: Any, max_elements: int) -> int:

@@ -5,13 +5,14 @@ density, bits) with this module, so the decoder can check every blob length exac
 *before* it allocates a tensor, and the two sides cannot disagree.
 
 A tensor of ``n`` elements has ``n // chunk`` full chunks and, if ``n % chunk``, one
-shorter tail chunk. Chunks of equal size keep equally many values, so each is a
-:class:`ChunkGroup` (a matrix of ``rows x width`` with ``keep`` values kept per row).
+shorter tail chunk. Its blobs list the chunks in that order: the full chunks, then the
+tail. How chunks of many tensors are processed together is :mod:`.plan`'s business.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 
 from .packing import packed_len
 
@@ -45,69 +46,57 @@ def valid_chunk(chunk: int) -> bool:
 
 
 @dataclass(frozen=True)
-class ChunkGroup:
-    """``rows`` consecutive chunks of ``width`` elements starting at element ``offset``."""
-
-    offset: int
-    rows: int
-    width: int
-    keep: int
-
-    @property
-    def dense(self) -> bool:
-        """Every element kept: the chunk stores values only, no indices."""
-        return self.keep == self.width
-
-    @property
-    def kept(self) -> int:
-        return self.rows * self.keep
-
-    @property
-    def indices(self) -> int:
-        return 0 if self.dense else self.kept
-
-
-@dataclass(frozen=True)
 class TensorLayout:
-    """Chunk groups of one tensor and the exact byte length of its three blobs."""
+    """Chunks of one tensor and the exact byte length of its three blobs.
+
+    A chunk that keeps all its elements (``keep == width``) is dense: it sends values
+    only, no indices.
+    """
 
     numel: int
     chunk: int
     bits: int
-    groups: tuple[ChunkGroup, ...]
+    full_rows: int  # chunks of ``chunk`` elements
+    keep: int  # values kept per full chunk
+    tail: int  # elements of the shorter last chunk; 0 if there is none
+    tail_keep: int  # values kept in the tail chunk; 0 if there is none
 
-    @property
+    @cached_property
     def chunks(self) -> int:
-        return sum(g.rows for g in self.groups)
+        return self.full_rows + (self.tail > 0)
 
-    @property
+    @cached_property
     def kept(self) -> int:
-        return sum(g.kept for g in self.groups)
+        return self.full_rows * self.keep + self.tail_keep
 
-    @property
+    @cached_property
+    def full_indices(self) -> int:
+        """Indices sent for the full chunks (none when they are dense)."""
+        return 0 if self.keep == self.chunk else self.full_rows * self.keep
+
+    @cached_property
     def indices(self) -> int:
-        return sum(g.indices for g in self.groups)
+        return self.full_indices + (0 if self.tail_keep == self.tail else self.tail_keep)
 
-    @property
+    @cached_property
     def idx_bytes(self) -> int:
         return packed_len(self.indices, index_bits(self.chunk))
 
-    @property
+    @cached_property
     def val_bytes(self) -> int:
         return 4 * self.kept if self.bits == 32 else packed_len(self.kept, self.bits)
 
-    @property
+    @cached_property
     def step_bytes(self) -> int:
         # Raw float32 values need no scale; quantized chunks carry one float32 each.
         return 0 if self.bits == 32 else 4 * self.chunks
 
 
+# Cached because a model repeats a few sizes (every layer's bias, every block's matrix)
+# and a peer encodes and decodes the same model every round.
+@lru_cache(maxsize=4096)
 def tensor_layout(numel: int, *, density: float, bits: int, chunk: int) -> TensorLayout:
     """Layout for a tensor of ``numel`` elements; callers validate the arguments first."""
     full, tail = divmod(numel, chunk)
-    groups: list[ChunkGroup] = []
-    if full:
-        groups.append(ChunkGroup(offset=0, rows=full, width=chunk, keep=keep_per_chunk(density, chunk)))
-    if tail:
-        groups.append(ChunkGroup(offset=full * chunk, rows=1, width=tail, keep=keep_per_chunk(density, tail)))
-    return TensorLayout(numel=numel, chunk=chunk, bits=bits, groups=tuple(groups))
+    return TensorLayout(numel=numel, chunk=chunk, bits=bits, full_rows=full, keep=keep_per_chunk(density, chunk),
+                        tail=tail, tail_keep=keep_per_chunk(density, tail) if tail else 0)

@@ -9,9 +9,16 @@ the bit layout of both.
 Fast paths exist for the widths the codec uses most (divisors of 8, 12 and 16); a
 generic bit-matrix path handles any other width up to 16 and is the reference the
 fast paths are tested against.
+
+Many tensors' streams are packed and unpacked in one call (:func:`pack_segments`,
+:func:`unpack_segments`): each stream is padded with zero values to a whole number of
+bytes, so the streams can be laid end to end in one array and their bytes cut apart.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -113,3 +120,41 @@ def _unpack_generic(raw: np.ndarray, count: int, width: int) -> np.ndarray:
     bits = np.unpackbits(raw, count=count * width, bitorder="little").reshape(count, width)
     weights = np.left_shift(np.int64(1), np.arange(width, dtype=np.int64))
     return bits.astype(np.int64) @ weights
+
+
+def align_unit(width: int) -> int:
+    """Values that fill a whole number of bytes: a stream padded to a multiple of this
+    many values ends on a byte boundary (12 bits: 2 values in 3 bytes)."""
+    return 8 // math.gcd(width, 8)
+
+
+def pack_segments(values: np.ndarray, starts: Sequence[int], counts: Sequence[int], width: int) -> list[bytes]:
+    """The :func:`pack_uints` bytes of each segment ``values[start : start + count]``.
+
+    ``values`` holds the segments at multiples of :func:`align_unit`, with zeros in
+    between, so each segment's bytes are a slice of one packed array: the zeros after a
+    segment are exactly the zero padding bits its own packing would end with.
+    """
+    packed = pack_uints(values, width)
+    return [packed[start * width // 8 : start * width // 8 + packed_len(count, width)]
+            for start, count in zip(starts, counts)]
+
+
+def unpack_segments(blobs: Sequence[bytes], counts: Sequence[int], width: int) -> np.ndarray:
+    """Inverse of :func:`pack_segments`: the padded array (int64), zeros between segments.
+
+    Each blob must already have its exact length (``packed_len(count, width)``); raises
+    :class:`ProtocolError` if a padding bit is set.
+    """
+    unit = align_unit(width)
+    parts: list[bytes] = []
+    total = 0
+    for blob, count in zip(blobs, counts):
+        used_bits = (count * width) % 8
+        if used_bits and blob[-1] >> used_bits:
+            raise ProtocolError("packed blob has non-zero padding bits; re-encode with this codec")
+        padded = -(-count // unit) * unit
+        parts.append(blob)
+        parts.append(bytes(padded * width // 8 - len(blob)))
+        total += padded
+    return unpack_uints(b"".join(parts), total, width)

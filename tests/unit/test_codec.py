@@ -10,10 +10,12 @@ from hypothesis import strategies as st
 
 from swarmtrain.protocol import (
     FORMAT_VERSION,
+    codec,
     decode_update,
     encode_update,
     encode_update_and_reconstruct,
     read_update,
+    update_digest,
 )
 from swarmtrain.protocol.packing import _pack_generic, pack_uints, unpack_uints
 
@@ -220,3 +222,60 @@ def test_twelve_bit_indices_are_little_endian() -> None:
     # 0xABC then 0x123: stream bits LSB first -> bytes 0xBC, 0x3A, 0x12.
     assert pack_uints(np.array([0xABC, 0x123]), 12) == bytes([0xBC, 0x3A, 0x12])
     assert pack_uints(np.array([1, 2, 3, 0]), 2) == bytes([0b00111001])
+
+
+def _exact_tensor(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Values from integer arithmetic only, so exact in float32 on every platform: many
+    ties (integers up to 1001), zeros, and magnitudes spread over 2**-33 .. 2**3."""
+    n = int(np.prod(shape)) if shape else 1
+    i = np.arange(n, dtype=np.int64)
+    v = ((i * 7919 + seed * 104729) % 2003 - 1001).astype(np.float64)
+    v *= 2.0 ** ((i % 7) - 3 - 10 * (seed % 3))
+    v[i % 11 == 0] = 0.0
+    return torch.from_numpy(v.reshape(shape)).to(torch.float32)
+
+
+def _pinned_model(seed: int) -> dict[str, torch.Tensor]:
+    shapes = {"a.weight": (33, 129), "a.bias": (129,), "b.scalar": (), "c.empty": (0, 3), "d.odd": (4097,),
+              "e.norm": (64,), "f.big": (3, 4096), "g.pair": (2,)}
+    return {name: _exact_tensor(shape, seed + k) for k, (name, shape) in enumerate(shapes.items())}
+
+
+# (density, bits, chunk, metadata) -> BLAKE2b-256 of the payload. A change here is a
+# change of the wire format: peers of different versions would disagree on digests.
+PINNED_DIGESTS = [
+    ((0.01, 8, 4096, None),
+     "0e18e6dd2ee6e4737276c99448a4c2d61066e5b0156e4846d163ebe61b2f3e68"),
+    ((0.05, 2, 64, {"round": 7}),
+     "d2fdd39f563e13dbb1cda13769928c6dcca57caf9e52308ef8eca67d9140f2ee"),
+    ((0.3, 4, 16, None),
+     "dde20d664253ce5291e38fce45dab02001aa646e56ec6a071759235eeb6e0f47"),
+    ((1.0, 32, 4096, None),
+     "3c0718d5570dc0a6bea5b66972401d1bc75a329cd5a3dd542aaca0f9f2de002b"),
+    ((0.02, 8, 256, {"base": b"\x01" * 32, "loss": 1.25}),
+     "90c809cbe942a419edb577ff215cd10830fbb58d63503b6ff218b85587c53054"),
+]
+
+
+@pytest.mark.parametrize(("settings", "digest"), PINNED_DIGESTS)
+def test_payload_bytes_are_pinned(settings: tuple, digest: str) -> None:
+    density, bits, chunk, meta = settings
+    tensors = _pinned_model(seed=bits)
+    payload, recon = encode_update_and_reconstruct(tensors, density=density, bits=bits, chunk=chunk, metadata=meta)
+    assert update_digest(payload).hex() == digest
+    decoded = decode_update(payload)
+    assert all(torch.equal(_bits_of(decoded[n]), _bits_of(recon[n])) for n in tensors)
+
+
+def test_batching_does_not_change_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tensors are coded in batches of about BATCH_ELEMENTS; any batching gives the same bytes."""
+    tensors = {f"t{i}": _exact_tensor(shape, i) for i, shape in enumerate([(300,), (5, 40), (), (0,), (1000,), (7,)])}
+    expected, expected_recon = encode_update_and_reconstruct(tensors, density=0.1, bits=4, chunk=64)
+    for batch_elements in (1, 250, 1200):
+        monkeypatch.setattr(codec, "BATCH_ELEMENTS", batch_elements)
+        payload, recon = encode_update_and_reconstruct(tensors, density=0.1, bits=4, chunk=64)
+        assert payload == expected
+        decoded = decode_update(payload)
+        for name in tensors:
+            assert torch.equal(_bits_of(recon[name]), _bits_of(expected_recon[name]))
+            assert torch.equal(_bits_of(decoded[name]), _bits_of(expected_recon[name]))
