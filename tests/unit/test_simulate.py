@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import torch
 
 from swarmtrain.peer.config import preset
 from swarmtrain.peer.faults import FAULT_MODES
@@ -13,11 +12,6 @@ from swarmtrain.peer.simulate import Simulation
 
 # Modes whose first round is honest by construction (nothing to replay / no older base yet).
 WARMUP_MODES = {"replay": 1, "stale-base": 1}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 def _synthetic(rounds_steps: int = 40):

@@ -22,15 +22,6 @@ from swarmtrain.peer.tasks.synthetic import Synthetic
 TINY = ModelConfig(layers=2, d_model=64, heads=4, context=64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tests share two cores with other work; several torch threads only contend.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _config(task: str = "stdlib-lm", batch_size: int = 4, context: int = 32, seed: int = 0) -> SwarmConfig:
     return SwarmConfig(task=task, seed=seed, model=dataclasses.replace(TINY, context=context),
                        train=TrainConfig(batch_size=batch_size))

@@ -21,15 +21,6 @@ from swarmtrain.peer.trainer import (
 TRAIN = TrainConfig(batch_size=16, lr=3e-3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tests share two cores with other work; several torch threads only contend.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _task(name: str = "synthetic", context: int = 64) -> Task:
     config = SwarmConfig(task=name, model=ModelConfig(layers=2, d_model=64, heads=4, context=context),
                          train=TrainConfig(batch_size=8 if name == "stdlib-lm" else 16))
