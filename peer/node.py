@@ -28,6 +28,7 @@ from swarmtrain.peer.merge import OuterOptimizer, full_state
 from swarmtrain.peer.rounds import RoundEngine, RoundSummary
 from swarmtrain.peer.state import ModelState, load_version
 from swarmtrain.peer.store import VersionStore
+from swarmtrain.peer.store_files import atomic_write
 from swarmtrain.peer.sync import StateSync
 from swarmtrain.peer.tasks import load_task
 from swarmtrain.peer.trainer import model_params
@@ -117,7 +118,7 @@ class Node:
         else:
             self.records.publish_genesis(existing)  # endorse, so it outlives its creator
         self._check_genesis(existing)
-        (self.data_dir / "genesis.json").write_text(json.dumps({"digest": existing.digest()}))
+        atomic_write(self.data_dir / "genesis.json", json.dumps({"digest": existing.digest()}).encode())
         return existing
 
     def _pinned_genesis(self) -> str | None:
@@ -143,11 +144,6 @@ class Node:
             diffs = _config_diff(mine.to_dict(), theirs.to_dict())
             raise JoinError(f"your settings differ from swarm {genesis.swarm!r}'s genesis ({'; '.join(diffs)}); "
                             "drop the flags that change them to adopt the swarm's settings")
-        checksum = _initial_checksum(theirs).hex()
-        if checksum != genesis.initial_checksum:
-            raise JoinError(f"this machine builds a different initial model for task {theirs.task!r} "
-                            f"(checksum {checksum[:12]} vs the genesis' {genesis.initial_checksum[:12]}); "
-                            "use the same swarmtrain and torch versions as the swarm")
 
     def _initial_state(self) -> ModelState:
         """The genesis version, or the version this data dir holds from an earlier run."""
@@ -155,6 +151,10 @@ class Node:
         outer = OuterOptimizer(self.config.outer)
         params = model_params(self.task.build_model())
         checksum = state_checksum(full_state(params, outer))
+        if checksum.hex() != self.genesis.initial_checksum:
+            raise JoinError(f"this machine builds a different initial model for task {self.config.task!r} "
+                            f"(checksum {checksum.hex()[:12]} vs the genesis' {self.genesis.initial_checksum[:12]}); "
+                            "use the same swarmtrain and torch versions as the swarm")
         genesis = ModelState(params=params, outer=outer, version=genesis_version_id(checksum), round=0,
                              checksum=checksum)
         head = self.store.head()
