@@ -114,7 +114,7 @@ def test_joiner_with_other_settings_is_refused(tmp_path: Path) -> None:
         other.process.wait(timeout=90)
         log = other.log_text()
         assert other.process.returncode == 1, log
-        assert "your settings differ" in log and "train.inner_steps: yours 300, swarm 60" in log
+        assert "your settings differ" in log and "train.batch_size: yours 16, swarm 8" in log
         assert "Traceback" not in log
     finally:
         swarm.stop_all()

@@ -67,5 +67,5 @@ def test_config_diff_names_each_difference() -> None:
     a = preset("smoke").to_dict()
     b = preset("demo").to_dict()
     diffs = _config_diff(a, b)
-    assert any(d.startswith("train.inner_steps: yours 60, swarm 300") for d in diffs)
+    assert any(d.startswith("train.batch_size: yours 8, swarm 16") for d in diffs)
     assert _config_diff(a, a) == []
