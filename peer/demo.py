@@ -64,6 +64,10 @@ def run_demo(*, peers: int, rounds: int, preset: str, root: Path, fault: str | N
                     pass
                 live.update(render_demo(snapshot, procs))
                 time.sleep(2.0)
+            try:  # the peers' last heartbeats ("leaving") carry their final versions
+                snapshot = observer.snapshot()
+            except TimeoutError:
+                pass
             live.update(render_demo(snapshot, procs))
         codes = [p.process.returncode for p in procs]
         console.print(f"logs and data: {root.resolve()} (peer logs: peerN.log; history: "
