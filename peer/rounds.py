@@ -113,70 +113,77 @@ class RoundEngine:
     def play(self, r: int) -> RoundSummary:
         node = self.node
         started = time.time()
-        before = node.exchange.stats() if node.exchange else None
+        assert node.exchange is not None
+        before = node.exchange.stats()
         state = node.state
         node.heartbeat(role="training")
 
-        # 1. train until the train deadline, then encode.
+        # 1. train until the train deadline, then encode, commit and serve.
         train_end = node.clock.deadline(r, Phase.TRAIN) - PUBLISH_MARGIN_S
         update = node.contributor.contribute(state.params, state.version,
                                              deadline=time.monotonic() + (train_end - time.time()))
         self._commit(r, update)
-
         # 2. after the commit deadline: fetch what I must check, check, vote.
         sleep_until(node.clock.deadline(r, Phase.COMMIT))
-        commits = node.records.commits(r)
-        authors = {bytes.fromhex(c.digest): peer for peer, c in commits.items()}
-        table = assignments(r, authors, list(commits), node.config.vote.checkers_per_update)
-        mine = {d: authors[d] for d, who in table.items() if node.identity.peer_id in who}
-        vote_deadline = node.clock.deadline(r, Phase.VOTE)
-        payloads = self._fetch_payloads(mine, vote_deadline - 2 * PUBLISH_MARGIN_S)
-        submissions = [Submission(authors[d], d, bytes.fromhex(commits[authors[d]].base_version),
-                                  commits[authors[d]].samples, payloads[d],
-                                  self.fetch_failures.get(d, "payload not downloaded")) for d in sorted(mine)]
-        loss_before = node.checker.loss(state.params)
-        verdicts = node.checker.check_round(state.params, state.version, submissions, seen=self._seen,
-                                            loss_before=loss_before, own_norms=[update.sent_norm],
-                                            round_size=len(authors))
-        if verdicts:
-            node.records.publish_votes(r, VoteRecord(voter=node.identity.peer_id, votes={
-                d.hex(): VerdictRecord(accept=v.accept, loss_delta=_finite(v.loss_delta)) for d, v in verdicts.items()
-            }))
-
+        verdicts = self._check_and_vote(r, state, update)
         # 3. after the vote deadline: tally, fetch accepted payloads, merge.
-        sleep_until(vote_deadline)
-        commits = node.records.commits(r)
-        authors = {bytes.fromhex(c.digest): peer for peer, c in commits.items()}
-        table = assignments(r, authors, list(commits), node.config.vote.checkers_per_update)
-        ballots = {voter: {bytes.fromhex(d): v.accept for d, v in rec.votes.items()}
-                   for voter, rec in node.records.votes(r).items()}
-        counts = tally(ballots, table)
-        # A lone committer has nobody to check it and nobody to harm: accept it.
-        if len(authors) == 1:
-            counts = {d: Tally(1, 0) for d in authors}
+        sleep_until(node.clock.deadline(r, Phase.VOTE))
+        commits, authors, counts = self._tally(r)
         accepted_digests = sorted(d for d, t in counts.items() if t.accepted)
         merged_ok = self._merge(r, state, accepted_digests, authors, commits, counts, verdicts)
         self._seen.update(authors)
-
         # 4. agree: compare with the majority, resync when in the minority.
-        agree_at = node.clock.deadline(r, Phase.VOTE) + AGREE_READ_SHARE * node.config.timing.agree_s
-        sleep_until(agree_at)
+        sleep_until(node.clock.deadline(r, Phase.VOTE) + AGREE_READ_SHARE * node.config.timing.agree_s)
         resynced = node.sync.agree(r, mine_ok=merged_ok)
+
         mine_accepted = update.committed_digest in accepted_digests
         self.accepted += int(mine_accepted)
         self.rejected += int(not mine_accepted)
         self.last_round_s = time.time() - started
         node.heartbeat(role="training")
-        after = node.exchange.stats() if node.exchange else None
+        after = node.exchange.stats()
         self._forget_old_payloads(keep=set(authors))
         return RoundSummary(
             round=r, version_id=node.state.version.hex(), state_checksum=node.state.checksum.hex(),
             accepted=len(accepted_digests), rejected=len(authors) - len(accepted_digests),
             mine_accepted=mine_accepted, validation_loss=node.state.validation_loss,
-            bytes_sent=(after.bytes_sent - before.bytes_sent) if after and before else 0,
-            bytes_received=(after.bytes_received - before.bytes_received) if after and before else 0,
+            bytes_sent=after.bytes_sent - before.bytes_sent,
+            bytes_received=after.bytes_received - before.bytes_received,
             seconds=time.time() - started, resynced=resynced, steps=update.steps,
         )
+
+    def _round_view(self, r: int) -> tuple[dict[str, CommitRecord], dict[bytes, str], dict[bytes, list[str]]]:
+        """This round's commitments, their authors by digest, and who checks which."""
+        node = self.node
+        commits = node.records.commits(r)
+        authors = {bytes.fromhex(c.digest): peer for peer, c in commits.items()}
+        return commits, authors, assignments(r, authors, list(commits), node.config.vote.checkers_per_update)
+
+    def _check_and_vote(self, r: int, state: ModelState, update: LocalUpdate) -> dict[bytes, Verdict]:
+        node = self.node
+        commits, authors, table = self._round_view(r)
+        mine = {d: authors[d] for d, who in table.items() if node.identity.peer_id in who}
+        payloads = self._fetch_payloads(mine, node.clock.deadline(r, Phase.VOTE) - 2 * PUBLISH_MARGIN_S)
+        submissions = [Submission(authors[d], d, bytes.fromhex(commits[authors[d]].base_version),
+                                  commits[authors[d]].samples, payloads[d],
+                                  self.fetch_failures.get(d, "payload not downloaded")) for d in sorted(mine)]
+        verdicts = node.checker.check_round(state.params, state.version, submissions, seen=self._seen,
+                                            own_norms=[update.sent_norm], round_size=len(authors))
+        if verdicts:
+            node.records.publish_votes(r, VoteRecord(voter=node.identity.peer_id, votes={
+                d.hex(): VerdictRecord(accept=v.accept, loss_delta=_finite(v.loss_delta)) for d, v in verdicts.items()
+            }))
+        return verdicts
+
+    def _tally(self, r: int) -> tuple[dict[str, CommitRecord], dict[bytes, str], dict[bytes, Tally]]:
+        """Votes counted from the final view of the round's commitments."""
+        commits, authors, table = self._round_view(r)
+        ballots = {voter: {bytes.fromhex(d): v.accept for d, v in rec.votes.items()}
+                   for voter, rec in self.node.records.votes(r).items()}
+        counts = tally(ballots, table)
+        if len(authors) == 1:  # a lone committer has nobody to check it and nobody to harm
+            counts = {d: Tally(1, 0) for d in authors}
+        return commits, authors, counts
 
     def _commit(self, r: int, update: LocalUpdate) -> None:
         node = self.node
