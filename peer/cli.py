@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,6 +114,24 @@ def _insisted_config(args: argparse.Namespace) -> SwarmConfig | None:
     return swarm_config_from_args(args, default_preset="demo") if explicit else None
 
 
+def _sigterm_handler(main_pid: int) -> Callable[[int, object], None]:
+    """SIGTERM ends the peer like Ctrl-C (leave the DHT, stop serving, release the data dir).
+
+    hivemind's DHT child is forked and inherits the handler; there SIGTERM keeps its
+    default meaning (end the process) instead of raising inside the child's event loop.
+    """
+    import signal
+
+    def handle(signum: int, _frame: object) -> None:
+        if os.getpid() != main_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt
+
+    return handle
+
+
 def cmd_join(args: argparse.Namespace) -> int:
     import signal
 
@@ -121,8 +140,7 @@ def cmd_join(args: argparse.Namespace) -> int:
     from swarmtrain.peer.node import Node, NodeOptions
 
     torch.set_num_threads(args.threads)
-    # SIGTERM ends the peer like Ctrl-C: leave the DHT, stop serving, release the data dir.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
     insisted = _insisted_config(args)
     options = NodeOptions(
         swarm=args.swarm, data_dir=Path(args.data_dir or f"swarm-data/{args.swarm}"),
@@ -271,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # hivemind logs every identity check at INFO; peers print their own progress lines.
+    # Read when hivemind is first imported (inside the commands), so set it here.
+    os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
