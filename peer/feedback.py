@@ -5,8 +5,8 @@ pseudo-gradient is added, so it doubles as the outer momentum; the outer step it
 then a plain average. ``decay = 1`` is classic error feedback, ``decay = 0`` drops the
 residual (no feedback at all).
 
-The buffer is local to one peer and never leaves it; it is saved with the peer's
-checkpoint so a restarted peer keeps its residual.
+The buffer is local to one peer and never leaves it; the peer saves it in its data dir
+after every round (:meth:`ErrorFeedback.to_bytes`), so a restarted peer keeps its residual.
 """
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 from torch import Tensor
+
+
+class FeedbackStateError(ValueError):
+    """Saved error-feedback state cannot be used; the peer starts with an empty residual."""
 
 
 class ErrorFeedback:
@@ -54,3 +61,18 @@ class ErrorFeedback:
 
     def load_state(self, state: Mapping[str, Tensor]) -> None:
         self._buffer = {name: t.detach().to(torch.float32).clone() for name, t in state.items()}
+
+    def to_bytes(self) -> bytes:
+        """The buffer as safetensors bytes (for the data dir)."""
+        return save_tensors({name: t.contiguous() for name, t in self._buffer.items()})
+
+    def load_bytes(self, data: bytes, shapes: Mapping[str, torch.Size]) -> None:
+        """Restore a buffer saved by :meth:`to_bytes`; it must fit the model's ``shapes``."""
+        try:
+            state = load_tensors(data)
+        except (SafetensorError, ValueError) as error:
+            raise FeedbackStateError(f"saved error feedback is unreadable: {error}") from error
+        for name, tensor in state.items():
+            if name not in shapes or tensor.shape != shapes[name] or not tensor.is_floating_point():
+                raise FeedbackStateError(f"saved error feedback for {name!r} does not fit the model")
+        self.load_state(state)

@@ -24,10 +24,11 @@ from swarmtrain.peer.clock import Phase, PhaseClock, sleep_until
 from swarmtrain.peer.config import SwarmConfig
 from swarmtrain.peer.contribute import Contributor
 from swarmtrain.peer.exchange import Exchange
+from swarmtrain.peer.feedback import FeedbackStateError
 from swarmtrain.peer.merge import OuterOptimizer, full_state
 from swarmtrain.peer.rounds import RoundEngine, RoundSummary
 from swarmtrain.peer.state import ModelState, load_version
-from swarmtrain.peer.store import VersionStore
+from swarmtrain.peer.store import StoreError, VersionStore
 from swarmtrain.peer.store_files import atomic_write
 from swarmtrain.peer.sync import StateSync
 from swarmtrain.peer.tasks import load_task
@@ -85,6 +86,7 @@ class Node:
             self.state = self._initial_state()
             seed = int.from_bytes(self.identity.peer_id.encode()[-6:], "big")
             self.contributor = Contributor(self.task, self.config, stream_seed=seed, fault=options.fault)
+            self._load_feedback()
             self.checker = Checker(self.task, self.config, heldout_seed=seed + 1)
             self.sync = StateSync(self)
             self.engine = RoundEngine(self)
@@ -166,6 +168,27 @@ class Node:
             genesis.save(self.store, genesis.commit_for(parent=None, produced_in=0))
         return genesis
 
+    @property
+    def _feedback_path(self) -> Path:
+        return self.data_dir / "feedback.safetensors"
+
+    def _load_feedback(self) -> None:
+        """Restore this peer's error-feedback residual from an earlier run, if it fits."""
+        if not self._feedback_path.exists():
+            return
+        shapes = {name: t.shape for name, t in self.state.params.items()}
+        try:
+            self.contributor.feedback.load_bytes(self._feedback_path.read_bytes(), shapes)
+        except (OSError, FeedbackStateError) as error:
+            self.options.announce(f"starting with an empty error-feedback residual: {error}")
+
+    def _save_feedback(self) -> None:
+        """Crash-safe; a failure costs the residual on restart, never the round."""
+        try:
+            atomic_write(self._feedback_path, self.contributor.feedback.to_bytes())
+        except StoreError as error:
+            log.warning("could not save the error-feedback residual: %s", error)
+
     # --- running ---------------------------------------------------------------------
 
     def run(self) -> list[RoundSummary]:
@@ -192,6 +215,7 @@ class Node:
                 sleep_until(self.clock.round_start(r + 1))
                 continue
             summaries.append(summary)
+            self._save_feedback()
             self.options.announce(summary.line())
         self.heartbeat(role="leaving")
         return summaries

@@ -7,7 +7,7 @@ import torch
 
 from swarmtrain.peer.config import CodecConfig, ConfigError, OuterConfig, SwarmConfig, preset
 from swarmtrain.peer.faults import FaultError, corrupt, corrupt_digest, validate_fault
-from swarmtrain.peer.feedback import ErrorFeedback
+from swarmtrain.peer.feedback import ErrorFeedback, FeedbackStateError
 
 
 def test_feedback_carries_what_was_not_sent() -> None:
@@ -33,6 +33,24 @@ def test_feedback_state_roundtrip() -> None:
     other = ErrorFeedback(decay=0.9)
     other.load_state(ef.state())
     assert other.residual_norm() == pytest.approx(ef.residual_norm())
+
+
+def test_feedback_survives_a_restart_as_bytes() -> None:
+    ef = ErrorFeedback(decay=0.95)
+    ef.accumulate({"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2)})
+    restored = ErrorFeedback(decay=0.95)
+    restored.load_bytes(ef.to_bytes(), {"w": torch.Size([2, 3]), "b": torch.Size([2])})
+    assert all(torch.equal(restored.state()[k], ef.state()[k]) for k in ("w", "b"))
+
+
+def test_unusable_saved_feedback_is_refused() -> None:
+    ef = ErrorFeedback(decay=0.95)
+    ef.accumulate({"w": torch.ones(4)})
+    data = ef.to_bytes()
+    with pytest.raises(FeedbackStateError, match="unreadable"):
+        ErrorFeedback(0.95).load_bytes(data[: len(data) // 2], {"w": torch.Size([4])})
+    with pytest.raises(FeedbackStateError, match="does not fit"):
+        ErrorFeedback(0.95).load_bytes(data, {"w": torch.Size([5])})
 
 
 def test_config_roundtrip_and_errors() -> None:
