@@ -167,7 +167,10 @@ class RoundEngine:
         submissions = [Submission(authors[d], d, bytes.fromhex(commits[authors[d]].base_version),
                                   commits[authors[d]].samples, payloads[d],
                                   self.fetch_failures.get(d, "payload not downloaded")) for d in sorted(mine)]
+        # state.validation_loss, when known, is this checker's loss of these very params
+        # (measured at the merge that made them, on the same held-out batches).
         verdicts = node.checker.check_round(state.params, state.version, submissions, seen=self._seen,
+                                            loss_before=state.validation_loss,
                                             own_norms=[update.sent_norm], round_size=len(authors))
         if verdicts:
             node.records.publish_votes(r, VoteRecord(voter=node.identity.peer_id, votes={
