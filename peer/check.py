@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from swarmtrain.peer.config import SwarmConfig
+from swarmtrain.peer.config import SwarmConfig, max_samples
 from swarmtrain.peer.tasks import Task
 from swarmtrain.peer.trainer import evaluate_loss
 from swarmtrain.peer.vote import Verdict, judge, median_norm, reject, update_norm
@@ -29,11 +29,6 @@ class Submission:
     samples: int
     payload: bytes | None  # None when it could not be downloaded
     missing_reason: str = "payload not downloaded"  # why ``payload`` is None
-
-
-def max_samples(config: SwarmConfig) -> int:
-    """The most samples one peer can honestly claim in a round (caps the merge weight)."""
-    return config.train.inner_steps * config.train.batch_size
 
 
 class Checker:

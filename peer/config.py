@@ -200,6 +200,11 @@ class SwarmConfig:
         return dataclasses.replace(self, **changes)
 
 
+def max_samples(config: SwarmConfig) -> int:
+    """The most samples one peer can honestly claim in a round (caps the merge weight)."""
+    return config.train.inner_steps * config.train.batch_size
+
+
 def preset(name: str) -> SwarmConfig:
     """Named presets. ``smoke``: seconds-long rounds for tests; ``demo``: a few minutes on a laptop."""
     if name == "smoke":

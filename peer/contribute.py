@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from swarmtrain.peer import faults
-from swarmtrain.peer.config import SwarmConfig
+from swarmtrain.peer.config import SwarmConfig, max_samples
 from swarmtrain.peer.feedback import ErrorFeedback
 from swarmtrain.peer.tasks import Task
 from swarmtrain.peer.trainer import LocalTrainer
@@ -83,7 +83,7 @@ class Contributor:
         else:
             # A free rider claims a full round of samples without computing anything.
             delta = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in base_params.items()}
-            samples = self.config.train.inner_steps * self.config.train.batch_size
+            samples = max_samples(self.config)
         to_send = self.feedback.accumulate(delta)
         codec = self.config.codec
         payload, sent = encode_update_and_reconstruct(to_send, density=codec.density, bits=codec.bits,

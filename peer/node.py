@@ -25,15 +25,12 @@ from swarmtrain.peer.config import SwarmConfig
 from swarmtrain.peer.contribute import Contributor
 from swarmtrain.peer.exchange import Exchange
 from swarmtrain.peer.feedback import FeedbackStateError
-from swarmtrain.peer.merge import OuterOptimizer, full_state
 from swarmtrain.peer.rounds import RoundEngine, RoundSummary
-from swarmtrain.peer.state import ModelState, load_version
+from swarmtrain.peer.state import ModelState, genesis_state, load_version
 from swarmtrain.peer.store import StoreError, VersionStore
 from swarmtrain.peer.store_files import atomic_write
 from swarmtrain.peer.sync import StateSync
 from swarmtrain.peer.tasks import load_task
-from swarmtrain.peer.trainer import model_params
-from swarmtrain.protocol import genesis_version_id, state_checksum
 
 log = logging.getLogger(__name__)
 
@@ -150,18 +147,15 @@ class Node:
     def _initial_state(self) -> ModelState:
         """The genesis version, or the version this data dir holds from an earlier run."""
         assert self.store is not None
-        outer = OuterOptimizer(self.config.outer)
-        params = model_params(self.task.build_model())
-        checksum = state_checksum(full_state(params, outer))
-        if checksum.hex() != self.genesis.initial_checksum:
+        genesis = genesis_state(self.task, self.config)
+        checksum = genesis.checksum.hex()
+        if checksum != self.genesis.initial_checksum:
             raise JoinError(f"this machine builds a different initial model for task {self.config.task!r} "
-                            f"(checksum {checksum.hex()[:12]} vs the genesis' {self.genesis.initial_checksum[:12]}); "
+                            f"(checksum {checksum[:12]} vs the genesis' {self.genesis.initial_checksum[:12]}); "
                             "use the same swarmtrain and torch versions as the swarm")
-        genesis = ModelState(params=params, outer=outer, version=genesis_version_id(checksum), round=0,
-                             checksum=checksum)
         head = self.store.head()
         if head is not None and head.version_id != genesis.version.hex():
-            state = load_version(self.store, head.version_id, outer, next_round=head.round + 1)
+            state = load_version(self.store, head.version_id, genesis.outer, next_round=head.round + 1)
             self.options.announce(f"resuming from version {head.version_id[:12]} (round {state.round})")
             return state
         if head is None:
@@ -249,8 +243,7 @@ class Node:
 
 def _initial_checksum(config: SwarmConfig) -> bytes:
     """Checksum of the initial parameters + empty outer state built from ``config``."""
-    params = model_params(load_task(config).build_model())
-    return state_checksum(full_state(params, OuterOptimizer(config.outer)))
+    return genesis_state(load_task(config), config).checksum
 
 
 def _config_diff(mine: dict[str, object], theirs: dict[str, object], prefix: str = "") -> list[str]:

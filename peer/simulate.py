@@ -17,11 +17,12 @@ from swarmtrain.peer.assignment import assignments
 from swarmtrain.peer.check import Checker, Submission
 from swarmtrain.peer.config import SwarmConfig
 from swarmtrain.peer.contribute import Contributor, LocalUpdate
-from swarmtrain.peer.merge import AcceptedUpdate, OuterOptimizer, full_state, next_version
+from swarmtrain.peer.merge import AcceptedUpdate, next_version
+from swarmtrain.peer.state import genesis_state
 from swarmtrain.peer.tasks import Task, load_task
-from swarmtrain.peer.trainer import evaluate_loss, model_params
+from swarmtrain.peer.trainer import evaluate_loss
 from swarmtrain.peer.vote import Verdict, tally
-from swarmtrain.protocol import decode_update, genesis_version_id, state_checksum
+from swarmtrain.protocol import decode_update
 
 VALIDATION_SEED = 0x7E57  # the simulator's own yardstick, distinct from every voter's seed
 
@@ -81,11 +82,11 @@ class Simulation:
             raise ValueError(f"--peers must be >= 1, got {peers}")
         self.config = config
         self.task = task if task is not None else load_task(config)
-        model = self.task.build_model()
-        self.params: dict[str, Tensor] = model_params(model)
-        self.outer = OuterOptimizer(config.outer)
-        self.version = genesis_version_id(state_checksum(full_state(self.params, self.outer)))
-        self._eval_model = model
+        genesis = genesis_state(self.task, config)
+        self.params: dict[str, Tensor] = genesis.params
+        self.outer = genesis.outer
+        self.version = genesis.version
+        self._eval_model = self.task.build_model()
         self._validation = self.task.heldout_batches(validation_batches, VALIDATION_SEED)
         self.peers = [
             _VirtualPeer(

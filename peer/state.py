@@ -13,9 +13,12 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from swarmtrain.peer.config import SwarmConfig
 from swarmtrain.peer.merge import OuterOptimizer, full_state
 from swarmtrain.peer.store import Contribution, VersionCommit, VersionStore
-from swarmtrain.protocol import state_checksum
+from swarmtrain.peer.tasks import Task
+from swarmtrain.peer.trainer import model_params
+from swarmtrain.protocol import genesis_version_id, state_checksum
 
 
 @dataclass
@@ -44,6 +47,15 @@ class ModelState:
 
     def save(self, store: VersionStore, commit: VersionCommit) -> None:
         store.save(commit, self.params, self.outer.state())
+
+
+def genesis_state(task: Task, config: SwarmConfig) -> ModelState:
+    """V(0): the task's initial model with an empty outer state; its id follows from its checksum."""
+    params = model_params(task.build_model())
+    outer = OuterOptimizer(config.outer)
+    checksum = state_checksum(full_state(params, outer))
+    return ModelState(params=params, outer=outer, version=genesis_version_id(checksum), round=0,
+                      checksum=checksum)
 
 
 def checksum_of(params: Mapping[str, Tensor], extra: Mapping[str, Tensor]) -> str:

@@ -15,7 +15,6 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from swarmtrain.dht import ResultRecord
-
 from swarmtrain.peer.exchange import FetchError
 from swarmtrain.peer.state import ModelState, checksum_of, load_version
 from swarmtrain.peer.store import StoreError, VersionCommit
@@ -77,7 +76,6 @@ class StateSync:
             if node.state.version.hex() == version and node.state.checksum.hex() == checksum:
                 break
             if node.store is not None and _has(node, version, checksum):
-                assert node.store is not None
                 self.adopt(load_version(node.store, version, node.state.outer, next_round=produced_in + 1))
                 break
             node.options.announce(f"catching up: downloading version {version[:12]} "
