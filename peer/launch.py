@@ -58,17 +58,22 @@ class PeerProcess:
         return self.process.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM, grace: float = 10.0) -> int | None:
-        """Signal the whole process group; SIGKILL it if it outlives ``grace``."""
-        if self.process.poll() is None:
-            _signal_group(self.pid, sig)
-            try:
-                self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                _signal_group(self.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        # The group may still hold the DHT child and p2pd after the leader exited.
-        _signal_group(self.pid, signal.SIGKILL)
-        return self.process.returncode
+        return stop_group(self.process, sig, grace)
+
+
+def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 10.0) -> int | None:
+    """Signal a process started with ``start_new_session`` and its whole group; SIGKILL the
+    group if the leader outlives ``grace``. Returns the leader's exit code."""
+    if process.poll() is None:
+        _signal_group(process.pid, sig)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    # The group may still hold the DHT child and p2pd after the leader exited.
+    _signal_group(process.pid, signal.SIGKILL)
+    return process.returncode
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -6,10 +6,8 @@ its DHT child and p2pd end with it.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +16,7 @@ from pathlib import Path
 import torch
 
 from swarmtrain.peer.config import preset
-from swarmtrain.peer.launch import PeerProcess, start_peer
+from swarmtrain.peer.launch import PeerProcess, start_peer, stop_group
 from swarmtrain.peer.store import VersionCommit, VersionStore
 from swarmtrain.peer.tasks import load_task
 from swarmtrain.peer.trainer import evaluate_loss
@@ -85,15 +83,7 @@ class Swarm:
         for proc in self.peers.values():
             proc.stop()
         for other in self._others:
-            try:
-                os.killpg(other.pid, signal.SIGTERM)
-                other.wait(timeout=10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-            try:
-                os.killpg(other.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            stop_group(other)
 
 
 def history(data_dir: Path) -> list[VersionCommit]:
