@@ -30,17 +30,20 @@ from swarmtrain.dht.records import (
     SwarmRecords,
 )
 from swarmtrain.dht.schemas import (
+    REASON_CHARS,
     CommitRecord,
     GenesisRecord,
     PeerRecord,
     ResultRecord,
     SwarmRecord,
     Verdict,
+    ValidationError,
     VoteRecord,
 )
 from swarmtrain.dht.validator import InvalidRecordError, SwarmRecordValidator, swarm_validators
 
 __all__ = [
+    "REASON_CHARS",
     "BootstrapError",
     "ClockSkewError",
     "CommitRecord",
@@ -64,6 +67,7 @@ __all__ = [
     "SwarmRecordValidator",
     "SwarmRecords",
     "UnreachableError",
+    "ValidationError",
     "Verdict",
     "VoteRecord",
     "load_identity",

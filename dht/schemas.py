@@ -27,6 +27,7 @@ __all__ = [
     "MAX_CONFIG_BYTES",
     "MAX_DIGESTS_PER_RECORD",
     "MAX_RECORD_BYTES",
+    "REASON_CHARS",
     "CommitRecord",
     "GenesisRecord",
     "PeerRecord",
@@ -57,6 +58,10 @@ PeerIdStr = Annotated[str, StringConstraints(pattern=r"^[1-9A-HJ-NP-Za-km-z]{32,
 SwarmName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
 MultiaddrStr = Annotated[str, StringConstraints(pattern=r"^/[!-~]{1,255}$")]  # printable ASCII, no spaces
 ShortText = Annotated[str, StringConstraints(pattern=r"^[ -~]{1,64}$")]
+# Why a checker rejected an update ("digest mismatch", "norm 78.6 above 4.0x median 8.0"):
+# printable ASCII, short, so that a full ballot of 64 verdicts still fits one record.
+REASON_CHARS = 40
+ReasonText = Annotated[str, StringConstraints(pattern=rf"^[ -~]{{0,{REASON_CHARS}}}$")]
 TaskName = Annotated[str, StringConstraints(pattern=r"^[ -~]{1,256}$")]
 Role = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -173,6 +178,9 @@ class Verdict(BaseModel):
 
     accept: bool
     loss_delta: FiniteFloat  # held-out loss with the update minus without it (negative = helps)
+    # Why it was rejected, so that peers not assigned to it can record why ("" = accepted,
+    # or left out to keep the record under its size cap).
+    reason: ReasonText = ""
 
 
 class VoteRecord(SwarmRecord):

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from swarmtrain.dht import CommitRecord, ResultRecord, VoteRecord
+from swarmtrain.dht import REASON_CHARS, CommitRecord, ResultRecord, ValidationError, VoteRecord
 from swarmtrain.dht import Verdict as VerdictRecord
 from swarmtrain.peer.assignment import assignments
 from swarmtrain.peer.check import Submission
@@ -26,7 +26,7 @@ from swarmtrain.peer.exchange import DigestMismatch, FetchError
 from swarmtrain.peer.merge import AcceptedUpdate, MergeError, next_version
 from swarmtrain.peer.state import ModelState
 from swarmtrain.peer.store import Contribution
-from swarmtrain.peer.vote import Tally, Verdict, tally
+from swarmtrain.peer.vote import Tally, Verdict, common_rejection, tally
 from swarmtrain.protocol import ProtocolError, decode_update
 
 if TYPE_CHECKING:
@@ -38,6 +38,32 @@ log = logging.getLogger(__name__)
 PUBLISH_MARGIN_S = 0.8
 # Read the round's results this far into the agree phase (results are published at its start).
 AGREE_READ_SHARE = 0.6
+
+
+@dataclass(frozen=True)
+class RoundTally:
+    """The round as read after the vote deadline: commitments, their authors, the votes
+    counted for each, and the reason its checkers most often gave for each rejection."""
+
+    commits: dict[str, CommitRecord]
+    authors: dict[bytes, str]
+    counts: dict[bytes, Tally]
+    rejections: dict[bytes, str]
+
+    @property
+    def accepted(self) -> list[bytes]:
+        return sorted(d for d, t in self.counts.items() if t.accepted)
+
+    def reason(self, digest: bytes, mine: Verdict | None) -> str:
+        """What the history records: this peer's own reason when it checked the update
+        and rejected it, else its checkers' most common one."""
+        if self.counts[digest].accepted:
+            return "accepted"
+        if mine is not None and not mine.accept:
+            return mine.reason
+        if digest in self.rejections:
+            return f"checkers: {self.rejections[digest]}"
+        return "majority rejected"
 
 
 @dataclass(frozen=True)
@@ -128,9 +154,10 @@ class RoundEngine:
         verdicts = self._check_and_vote(r, state, update)
         # 3. after the vote deadline: tally, fetch accepted payloads, merge.
         sleep_until(node.clock.deadline(r, Phase.VOTE))
-        commits, authors, counts = self._tally(r)
-        accepted_digests = sorted(d for d, t in counts.items() if t.accepted)
-        merged_ok = self._merge(r, state, accepted_digests, authors, commits, counts, verdicts)
+        view = self._tally(r)
+        authors = view.authors
+        accepted_digests = view.accepted
+        merged_ok = self._merge(r, state, view, verdicts)
         self._seen.update(authors)
         # 4. agree: compare with the majority, resync when in the minority.
         sleep_until(node.clock.deadline(r, Phase.VOTE) + AGREE_READ_SHARE * node.config.timing.agree_s)
@@ -173,20 +200,21 @@ class RoundEngine:
                                             loss_before=state.validation_loss,
                                             own_norms=[update.sent_norm], round_size=len(authors))
         if verdicts:
-            node.records.publish_votes(r, VoteRecord(voter=node.identity.peer_id, votes={
-                d.hex(): VerdictRecord(accept=v.accept, loss_delta=_finite(v.loss_delta)) for d, v in verdicts.items()
-            }))
+            node.records.publish_votes(r, ballot(node.identity.peer_id, verdicts))
         return verdicts
 
-    def _tally(self, r: int) -> tuple[dict[str, CommitRecord], dict[bytes, str], dict[bytes, Tally]]:
+    def _tally(self, r: int) -> RoundTally:
         """Votes counted from the final view of the round's commitments."""
         commits, authors, table = self._round_view(r)
+        records = self.node.records.votes(r)
         ballots = {voter: {bytes.fromhex(d): v.accept for d, v in rec.votes.items()}
-                   for voter, rec in self.node.records.votes(r).items()}
+                   for voter, rec in records.items()}
+        reasons = {voter: {bytes.fromhex(d): v.reason for d, v in rec.votes.items() if not v.accept}
+                   for voter, rec in records.items()}
         counts = tally(ballots, table)
         if len(authors) == 1:  # a lone committer has nobody to check it and nobody to harm
             counts = {d: Tally(1, 0) for d in authors}
-        return commits, authors, counts
+        return RoundTally(commits, authors, counts, common_rejection(reasons, table))
 
     def _commit(self, r: int, update: LocalUpdate) -> None:
         node = self.node
@@ -201,11 +229,10 @@ class RoundEngine:
             train_loss=_finite(update.train_loss),
         ))
 
-    def _merge(self, r: int, state: ModelState, accepted: list[bytes], authors: dict[bytes, str],
-               commits: dict[str, CommitRecord], counts: dict[bytes, Tally],
-               my_verdicts: dict[bytes, Verdict]) -> bool:
+    def _merge(self, r: int, state: ModelState, view: RoundTally, my_verdicts: dict[bytes, Verdict]) -> bool:
         """Compute, save and publish V(r+1); False when this peer cannot merge faithfully."""
         node = self.node
+        accepted, authors, commits, counts = view.accepted, view.authors, view.commits, view.counts
         assert node.store is not None
         payloads = self._fetch_payloads({d: authors[d] for d in accepted},
                                         node.clock.deadline(r, Phase.VOTE) + 0.5 * node.config.timing.agree_s)
@@ -233,9 +260,7 @@ class RoundEngine:
                 accepted=counts[d].accepted, votes_for=counts[d].votes_for,
                 votes_against=counts[d].votes_against,
                 loss_delta=my_verdicts[d].loss_delta if d in my_verdicts else None,
-                reason=("accepted" if counts[d].accepted else
-                        my_verdicts[d].reason if d in my_verdicts and not my_verdicts[d].accept
-                        else "majority rejected"),
+                reason=view.reason(d, my_verdicts.get(d)),
             )
             for d in sorted(authors)
         )
@@ -255,6 +280,27 @@ class RoundEngine:
         assert self.node.exchange is not None
         while len(self._served) > 3:
             self.node.exchange.unserve("update", self._served.pop(0))
+
+
+def ballot(voter: str, verdicts: dict[bytes, Verdict]) -> VoteRecord:
+    """This peer's signed-record form of its verdicts, with the reasons for rejections
+    shortened to fit; a ballot too big to carry reasons goes without them."""
+    def record(with_reasons: bool) -> VoteRecord:
+        return VoteRecord(voter=voter, votes={
+            d.hex(): VerdictRecord(accept=v.accept, loss_delta=_finite(v.loss_delta),
+                                   reason=_short_reason(v.reason) if with_reasons and not v.accept else "")
+            for d, v in verdicts.items()
+        })
+    try:
+        return record(with_reasons=True)
+    except ValidationError:
+        return record(with_reasons=False)
+
+
+def _short_reason(reason: str) -> str:
+    text = reason.encode("ascii", "replace").decode("ascii")
+    text = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 3] + "..."
 
 
 def _finite(value: float | None) -> float:

@@ -157,3 +157,21 @@ def tally(
                     no += 1
         out[digest] = Tally(yes, no)
     return out
+
+
+def common_rejection(
+    reasons: Mapping[str, Mapping[bytes, str]],
+    checkers: Mapping[bytes, Iterable[str]],
+) -> dict[bytes, str]:
+    """The reason most of an update's assigned checkers gave for rejecting it.
+
+    ``reasons[voter][digest]`` holds the reasons of rejecting votes. Only assigned checkers
+    count, as in :func:`tally`; ties go to the alphabetically first reason so that every
+    peer records the same one. Digests nobody gave a reason for are left out.
+    """
+    out: dict[bytes, str] = {}
+    for digest, assigned in checkers.items():
+        given = [reasons[v][digest] for v in set(assigned) if reasons.get(v, {}).get(digest)]
+        if given:
+            out[digest] = min(set(given), key=lambda r: (-given.count(r), r))
+    return out

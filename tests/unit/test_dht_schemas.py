@@ -16,6 +16,7 @@ from swarmtrain.dht.keys import KeyFamily, key_id, votes_key
 from swarmtrain.dht.schemas import (
     MAX_ADDRESSES,
     MAX_DIGESTS_PER_RECORD,
+    REASON_CHARS,
     CommitRecord,
     GenesisRecord,
     ResultRecord,
@@ -114,6 +115,26 @@ def test_votes_are_capped_and_need_finite_deltas() -> None:
         VoteRecord.model_validate({"voter": PEER, "votes": {hex_digest("a"): {"accept": True, "loss_delta": math.inf}}})
     with pytest.raises(ValidationError):
         VoteRecord.model_validate({"voter": PEER, "votes": {"ABC": {"accept": True, "loss_delta": 0.0}}})
+
+
+def test_vote_reasons_are_short_printable_text() -> None:
+    def vote(reason: object) -> VoteRecord:
+        return VoteRecord.model_validate({"voter": PEER, "votes": {
+            hex_digest("a"): {"accept": False, "loss_delta": 0.0, "reason": reason}}})
+
+    assert vote("digest mismatch").votes[hex_digest("a")].reason == "digest mismatch"
+    assert sample_votes(PEER).votes[hex_digest("update-x")].reason == ""  # optional
+    for bad in ("x" * (REASON_CHARS + 1), "caf\u00e9", "line\nbreak", 7):
+        with pytest.raises(ValidationError):
+            vote(bad)
+
+
+def test_a_full_ballot_with_long_reasons_does_not_fit_one_record() -> None:
+    # Why ballot() drops reasons when it must: 64 verdicts with full reasons pass the cap.
+    digests = [hex_digest(str(i)) for i in range(MAX_DIGESTS_PER_RECORD)]
+    with pytest.raises(ValidationError, match="record packs to"):
+        VoteRecord.model_validate({"voter": PEER, "votes": {
+            d: {"accept": False, "loss_delta": 0.0, "reason": "r" * REASON_CHARS} for d in digests}})
 
 
 def test_result_accepted_digests_are_unique_and_capped() -> None:
