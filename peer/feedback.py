@@ -14,13 +14,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 from torch import Tensor
 
+from swarmtrain.peer.localstate import LocalStateError, tensors_from_bytes, tensors_to_bytes
 
-class FeedbackStateError(ValueError):
+
+class FeedbackStateError(LocalStateError):
     """Saved error-feedback state cannot be used; the peer starts with an empty residual."""
 
 
@@ -64,15 +63,15 @@ class ErrorFeedback:
 
     def to_bytes(self) -> bytes:
         """The buffer as safetensors bytes (for the data dir)."""
-        return save_tensors({name: t.contiguous() for name, t in self._buffer.items()})
+        return tensors_to_bytes(self._buffer)
 
     def load_bytes(self, data: bytes, shapes: Mapping[str, torch.Size]) -> None:
         """Restore a buffer saved by :meth:`to_bytes`; it must fit the model's ``shapes``."""
         try:
-            state = load_tensors(data)
-        except (SafetensorError, ValueError) as error:
-            raise FeedbackStateError(f"saved error feedback is unreadable: {error}") from error
+            state = tensors_from_bytes(data, "error feedback")
+        except LocalStateError as error:
+            raise FeedbackStateError(str(error)) from error
         for name, tensor in state.items():
-            if name not in shapes or tensor.shape != shapes[name] or not tensor.is_floating_point():
+            if name not in shapes or tensor.shape != shapes[name]:
                 raise FeedbackStateError(f"saved error feedback for {name!r} does not fit the model")
         self.load_state(state)

@@ -24,7 +24,7 @@ from swarmtrain.peer.clock import Phase, PhaseClock, sleep_until
 from swarmtrain.peer.config import SwarmConfig
 from swarmtrain.peer.contribute import Contributor
 from swarmtrain.peer.exchange import Exchange
-from swarmtrain.peer.feedback import FeedbackStateError
+from swarmtrain.peer.localstate import LocalStateError
 from swarmtrain.peer.rounds import RoundEngine, RoundSummary
 from swarmtrain.peer.state import ModelState, genesis_state, load_version
 from swarmtrain.peer.store import StoreError, VersionStore
@@ -83,7 +83,7 @@ class Node:
             self.state = self._initial_state()
             seed = int.from_bytes(self.identity.peer_id.encode()[-6:], "big")
             self.contributor = Contributor(self.task, self.config, stream_seed=seed, fault=options.fault)
-            self._load_feedback()
+            self._load_local_state()
             self.checker = Checker(self.task, self.config, heldout_seed=seed + 1)
             self.sync = StateSync(self)
             self.engine = RoundEngine(self)
@@ -162,26 +162,35 @@ class Node:
             genesis.save(self.store, genesis.commit_for(parent=None, produced_in=0))
         return genesis
 
-    @property
-    def _feedback_path(self) -> Path:
-        return self.data_dir / "feedback.safetensors"
-
-    def _load_feedback(self) -> None:
-        """Restore this peer's error-feedback residual from an earlier run, if it fits."""
-        if not self._feedback_path.exists():
-            return
+    def _local_state(self) -> list[tuple[str, str, Callable[[], bytes], Callable[[bytes], None]]]:
+        """This peer's own state kept across restarts: (file, what, save, restore)."""
         shapes = {name: t.shape for name, t in self.state.params.items()}
-        try:
-            self.contributor.feedback.load_bytes(self._feedback_path.read_bytes(), shapes)
-        except (OSError, FeedbackStateError) as error:
-            self.options.announce(f"starting with an empty error-feedback residual: {error}")
+        feedback, trainer = self.contributor.feedback, self.contributor.trainer
+        return [
+            ("feedback.safetensors", "error-feedback residual", feedback.to_bytes,
+             lambda data: feedback.load_bytes(data, shapes)),
+            ("inner-optimizer.safetensors", "inner AdamW state", trainer.optimizer_bytes,
+             trainer.load_optimizer_bytes),
+        ]
 
-    def _save_feedback(self) -> None:
-        """Crash-safe; a failure costs the residual on restart, never the round."""
-        try:
-            atomic_write(self._feedback_path, self.contributor.feedback.to_bytes())
-        except StoreError as error:
-            log.warning("could not save the error-feedback residual: %s", error)
+    def _load_local_state(self) -> None:
+        """Restore what an earlier run of this peer saved, each part only if it fits."""
+        for file, what, _, restore in self._local_state():
+            path = self.data_dir / file
+            if not path.exists():
+                continue
+            try:
+                restore(path.read_bytes())
+            except (OSError, LocalStateError) as error:
+                self.options.announce(f"starting with an empty {what}: {error}")
+
+    def _save_local_state(self) -> None:
+        """Crash-safe; a failure costs that state on restart, never the round."""
+        for file, what, save, _ in self._local_state():
+            try:
+                atomic_write(self.data_dir / file, save())
+            except StoreError as error:
+                log.warning("could not save the %s: %s", what, error)
 
     # --- running ---------------------------------------------------------------------
 
@@ -209,7 +218,7 @@ class Node:
                 sleep_until(self.clock.round_start(r + 1))
                 continue
             summaries.append(summary)
-            self._save_feedback()
+            self._save_local_state()
             self.options.announce(summary.line())
         self.heartbeat(role="leaving")
         return summaries

@@ -17,11 +17,20 @@ import torch
 from torch import nn
 
 from swarmtrain.peer.config import TrainConfig
+from swarmtrain.peer.localstate import LocalStateError, tensors_from_bytes, tensors_to_bytes
 from swarmtrain.peer.tasks import Batch, Task, TaskError
 
 
 class ParamsMismatchError(ValueError):
     """A parameter mapping does not fit the model (names or shapes differ)."""
+
+
+class OptimizerStateError(LocalStateError):
+    """Saved inner-optimizer state does not fit this model; the peer starts AdamW afresh."""
+
+
+# AdamW's per-parameter state, as torch keeps it (step is a 0-d float tensor).
+_ADAM_KEYS = ("step", "exp_avg", "exp_avg_sq")
 
 
 def model_params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -134,6 +143,38 @@ class LocalTrainer:
     def params(self) -> dict[str, torch.Tensor]:
         """Detached fp32 clones of the current parameters (see :func:`model_params`)."""
         return model_params(self.model)
+
+    def optimizer_bytes(self) -> bytes:
+        """AdamW's moments and step counts as ``"<key>/<param name>"`` safetensors bytes."""
+        state: dict[str, torch.Tensor] = {}
+        for name, p in self.model.named_parameters():
+            for key, value in self.optimizer.state.get(p, {}).items():
+                if key in _ADAM_KEYS:
+                    state[f"{key}/{name}"] = value
+        return tensors_to_bytes(state)
+
+    def load_optimizer_bytes(self, data: bytes) -> None:
+        """Restore what :meth:`optimizer_bytes` saved; nothing changes unless all of it fits."""
+        try:
+            saved = tensors_from_bytes(data, "inner-optimizer state")
+        except LocalStateError as error:
+            raise OptimizerStateError(str(error)) from error
+        params = dict(self.model.named_parameters())
+        restored: dict[torch.nn.Parameter, dict[str, torch.Tensor]] = {}
+        for entry, value in saved.items():
+            key, _, name = entry.partition("/")
+            if key not in _ADAM_KEYS or name not in params:
+                raise OptimizerStateError(f"saved inner-optimizer state has {entry!r}, which this model lacks")
+            want = torch.Size([]) if key == "step" else params[name].shape
+            if value.shape != want:
+                raise OptimizerStateError(f"saved inner-optimizer state {entry!r} has shape "
+                                          f"{tuple(value.shape)}, the model needs {tuple(want)}")
+            restored.setdefault(params[name], {})[key] = value.to(torch.float32).clone()
+        incomplete = [n for n, p in params.items() if p in restored and len(restored[p]) != len(_ADAM_KEYS)]
+        if incomplete:
+            raise OptimizerStateError(f"saved inner-optimizer state is incomplete for {incomplete[:3]}")
+        for p, state in restored.items():
+            self.optimizer.state[p] = state
 
     def run(self, steps: int, deadline: float | None = None) -> TrainReport:
         """Run up to ``steps`` inner steps; stop early rather than pass ``deadline``.

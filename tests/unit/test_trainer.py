@@ -14,8 +14,10 @@ from torch import nn
 from swarmtrain.peer.config import ModelConfig, SwarmConfig, TrainConfig
 from swarmtrain.peer.tasks import Batch, Task, TaskError, load_task
 from swarmtrain.peer.tasks.synthetic import Synthetic
+from swarmtrain.peer.localstate import tensors_from_bytes, tensors_to_bytes
 from swarmtrain.peer.trainer import (
-    LocalTrainer, ParamsMismatchError, TrainReport, evaluate_loss, load_model_params, model_params,
+    LocalTrainer, OptimizerStateError, ParamsMismatchError, TrainReport, evaluate_loss, load_model_params,
+    model_params,
 )
 
 TRAIN = TrainConfig(batch_size=16, lr=3e-3)
@@ -85,6 +87,42 @@ def test_optimizer_state_persists_across_load_params() -> None:
     assert torch.equal(trainer.optimizer.state[param]["exp_avg"], exp_avg)
     trainer.run(3)
     assert int(trainer.optimizer.state[param]["step"]) == 8
+
+
+def test_saved_optimizer_state_makes_a_restarted_trainer_step_identically() -> None:
+    trained = _trainer(stream_seed=3)
+    trained.run(5)
+    start = trained.params()
+    restarted = _trainer(stream_seed=3)
+    restarted.load_params(start)
+    fresh = _trainer(stream_seed=3)
+    fresh.load_params(start)
+    restarted.load_optimizer_bytes(trained.optimizer_bytes())
+    batch = next(trained.task.train_batches(99))
+    for t in (trained, restarted, fresh):
+        t._batches = iter([batch])
+        t.run(1)
+    assert all(torch.equal(trained.params()[n], restarted.params()[n]) for n in start)
+    assert not all(torch.equal(trained.params()[n], fresh.params()[n]) for n in start)  # the test can fail
+
+
+def test_saved_optimizer_state_that_does_not_fit_is_refused_and_changes_nothing() -> None:
+    trained = _trainer()
+    trained.run(2)
+    saved = tensors_from_bytes(trained.optimizer_bytes(), "test")
+    name = next(k for k in saved if k.startswith("exp_avg/"))
+    wrong_shape = {**saved, name: torch.zeros(3)}
+    foreign = {**saved, "exp_avg/no.such.param": torch.zeros(1)}
+    incomplete = {k: v for k, v in saved.items() if k != name}
+    not_finite = {**saved, name: saved[name] * math.inf}
+    target = _trainer()
+    for bad, match in ((wrong_shape, "shape"), (foreign, "lacks"), (incomplete, "incomplete"),
+                       (not_finite, "not finite")):
+        with pytest.raises(OptimizerStateError, match=match):
+            target.load_optimizer_bytes(tensors_to_bytes(bad))
+    with pytest.raises(OptimizerStateError, match="unreadable"):
+        target.load_optimizer_bytes(b"not safetensors")
+    assert not target.optimizer.state  # nothing was half-loaded
 
 
 def test_params_are_detached_fp32_clones() -> None:
