@@ -35,7 +35,7 @@ def test_plain_hivemind_bootstrap_honest_peers_agree_and_faults_are_rejected(tmp
     try:
         bootstrap = swarm.start_plain_hivemind()
         common = [*SMOKE, "--rounds", "3", "--initial-peers", bootstrap]
-        swarm.start("honest0", *common, "--start-delay", "20")
+        swarm.start("honest0", *common, "--start-delay", "30")
         swarm.wait_for_line("honest0", "join with:", timeout=60)
         for label in ("honest1", "honest2"):
             swarm.start(label, *common)
@@ -78,7 +78,7 @@ def test_late_joiner_and_killed_peer_catch_up_and_agree(tmp_path: Path) -> None:
     both end on the same version and checksum as the peers that never left."""
     swarm = Swarm(tmp_path, "itest-b")
     try:
-        first = swarm.start("a", *SMOKE, "--rounds", "5", "--start-delay", "20")
+        first = swarm.start("a", *SMOKE, "--rounds", "5", "--start-delay", "30")
         address = first.address()
         swarm.start("b", *SMOKE, "--rounds", "5", "--initial-peers", address)
         victim = swarm.start("c", *SMOKE, "--rounds", "5", "--initial-peers", address)
