@@ -59,6 +59,10 @@ class NodeOptions:
     config: SwarmConfig | None = None  # settings this peer insists on (None: adopt the genesis)
     new_swarm_config: SwarmConfig = field(default_factory=SwarmConfig)
     start_delay: float = 0.0           # a new swarm's round 0 starts this many seconds later
+    # After its last round a leaving peer stays up this long, so that watchers (`status
+    # --watch`, the demo's view) read its final heartbeat and a lagging peer can still
+    # fetch the final state from it, before its DHT node and p2pd go away.
+    linger_s: float = 4.0
     announce: Callable[[str], None] = print
 
 
@@ -221,6 +225,7 @@ class Node:
             self._save_local_state()
             self.options.announce(summary.line())
         self.heartbeat(role="leaving")
+        time.sleep(self.options.linger_s)
         return summaries
 
     def heartbeat(self, role: str) -> None:
