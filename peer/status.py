@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich import box
 from rich.table import Table
 
 from swarmtrain.dht import SwarmRecords, load_or_create_identity, start_dht
@@ -76,24 +77,27 @@ def collect(records: SwarmRecords) -> SwarmSnapshot:
 
 
 def render(snapshot: SwarmSnapshot) -> Table:
-    """The swarm as a table: one row per peer, peers off the majority version marked."""
+    """The swarm as a table: one row per peer, peers off the majority version marked.
+
+    Sized for an 80-column terminal (no vertical rules, short ids), so a row never wraps.
+    """
     where = "no genesis yet" if snapshot.round is None else f"round {snapshot.round} ({snapshot.phase})"
     title = f"swarm {snapshot.swarm!r}: {where}, {len(snapshot.peers)} peer(s)"
     if snapshot.version:
         title += f", version {snapshot.version[:12]}"
-    table = Table(title=title)
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=0)
     for column, justify in (("peer", "left"), ("role", "left"), ("round", "right"), ("version", "left"),
                             ("val loss", "right"), ("sent", "right"), ("received", "right"),
-                            ("accepted", "right"), ("rejected", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+                            ("ok/rej", "right")):
+        table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for peer in snapshot.peers:
         in_sync = peer.version == snapshot.version
         table.add_row(
-            peer.peer_id[:12] + "…", peer.role, str(peer.round),
-            peer.version[:12] + ("" if in_sync else " ≠"),
-            "-" if peer.last_val_loss is None else f"{peer.last_val_loss:.4f}",
+            peer.peer_id[:10] + "…", peer.role, str(peer.round),
+            peer.version[:10] + ("" if in_sync else " ≠"),
+            "-" if peer.last_val_loss is None else f"{peer.last_val_loss:.3f}",
             _size(peer.bytes_sent), _size(peer.bytes_received),
-            str(peer.updates_accepted), str(peer.updates_rejected),
+            f"{peer.updates_accepted}/{peer.updates_rejected}",
         )
     return table
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from rich.console import Console
 
 from swarmtrain.peer.simulate import PeerOutcome, RoundReport
@@ -28,8 +30,24 @@ def test_status_marks_peers_off_the_majority_version() -> None:
                          taken_at=0.0)
     text = _text(render(snap))
     assert "round 3 (vote)" in text and "2 peer(s)" in text
-    assert "bbbbbbbbbbbb ≠" in text and "aaaaaaaaaaaa ≠" not in text
-    assert "2.0 KiB" in text and "2.5000" in text
+    assert "version aaaaaaaaaaaa" in text  # the title names the majority version
+    assert "bbbbbbbbbb ≠" in text and "aaaaaaaaaa ≠" not in text
+    assert "2.0 KiB" in text and "2.500" in text and "3/1" in text
+
+
+def test_status_rows_fit_an_80_column_terminal_unwrapped() -> None:
+    big = dataclasses.replace(_peer("QmWEcoHcsQwbE63aTEx4Pwz6e7g2uackPKXhRfgFWktpW3", "a" * 64),
+                              role="training", round=12345, bytes_sent=1023 * 2**30, bytes_received=999 * 2**20,
+                              updates_accepted=1234, updates_rejected=567, last_val_loss=12.3456)
+    snap = SwarmSnapshot(swarm="community-lm", task="stdlib-lm", round=12345, phase="train", version="a" * 64,
+                         peers=(big, dataclasses.replace(big, peer_id="Qm" + "Z" * 44, version="b" * 64)),
+                         taken_at=0.0)
+    lines = _text(render(snap), width=80).splitlines()
+    assert max(len(line) for line in lines) <= 80
+    rows = [line for line in lines if "QmWEcoHcsQ…" in line]
+    assert len(rows) == 1  # one line per peer: nothing wrapped
+    for cell in ("training", "12345", "1023.0 GiB", "999.0 MiB", "12.346", "1234/567"):
+        assert cell in rows[0], rows[0]
 
 
 def test_status_without_genesis() -> None:
