@@ -4,7 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo simulate test test-unit bench clean
+# Container engine and extra build flags for `make docker` (see docker/README.md).
+ENGINE ?= $(shell command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && echo docker || echo podman)
+DOCKER_BUILD_ARGS ?=
+
+.PHONY: setup demo simulate test test-unit bench docker docker-test clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +34,12 @@ test-unit: setup
 bench: setup
 	$(BIN)/python benchmarks/codec.py
 	$(BIN)/python benchmarks/convergence.py
+
+docker:
+	$(ENGINE) build -f docker/Dockerfile -t swarmtrain $(DOCKER_BUILD_ARGS) .
+
+docker-test: setup docker
+	SWARMTRAIN_TEST_IMAGE=swarmtrain $(BIN)/python -m pytest -q tests/integration/test_docker.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -17,6 +17,7 @@ from swarmtrain.dht.bootstrap import (
     IdentityTakenError,
     MalformedMultiaddrError,
     UnreachableError,
+    is_loopback_host,
     start_dht,
     visible_maddrs,
 )
@@ -75,5 +76,6 @@ __all__ = [
     "start_dht",
     "swarm_validators",
     "validate_swarm_name",
+    "is_loopback_host",
     "visible_maddrs",
 ]

@@ -32,6 +32,7 @@ __all__ = [
     "MalformedMultiaddrError",
     "UnreachableError",
     "start_dht",
+    "is_loopback_host",
     "visible_maddrs",
 ]
 
@@ -113,11 +114,20 @@ def start_dht(
 
 
 def visible_maddrs(dht: hivemind.DHT, *, loopback: bool = True) -> list[str]:
-    """The node's full multiaddrs (with /p2p/); only the loopback ones when ``loopback``."""
+    """The node's full multiaddrs (with /p2p/); only the loopback ones when ``loopback``,
+    else all of them with the non-loopback ones (what other machines dial) first."""
     addresses = [str(maddr) for maddr in dht.get_visible_maddrs()]
     if not loopback:
-        return addresses
+        return sorted(addresses, key=_is_loopback)
     return [address for address in addresses if _is_loopback(address)]
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether listening on ``host`` keeps a node on this machine (127.0.0.1, ::1)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_initial_peers(initial_peers: Sequence[str]) -> list[str]:

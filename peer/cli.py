@@ -148,6 +148,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         rounds=args.rounds, fault=args.fault, config=insisted,
         new_swarm_config=insisted or swarm_config_from_args(args, default_preset="demo"),
         start_delay=args.start_delay,
+        address_file=Path(args.address_file) if args.address_file else None,
         announce=lambda line: print(line, flush=True),
     )
     node = Node(options)
@@ -253,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="misbehave on purpose so the swarm rejects this peer's updates")
     join.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
     join.add_argument("--port", type=int, default=0, help="TCP port to listen on (0: any free port)")
+    join.add_argument("--address-file", default=None, metavar="PATH",
+                      help="write the addresses others join with to PATH, one per line, once ready")
     join.add_argument("--start-delay", type=float, default=0.0,
                       help="when starting a swarm: round 0 begins this many seconds from now")
     join.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")

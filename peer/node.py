@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from swarmtrain.dht import (DHTTimeoutError, GenesisRecord, PeerRecord, SwarmRecords, load_or_create_identity, start_dht,
-                            visible_maddrs)
+from swarmtrain.dht import (DHTTimeoutError, GenesisRecord, PeerRecord, SwarmRecords, is_loopback_host,
+                            load_or_create_identity, start_dht, visible_maddrs)
 from swarmtrain.peer.check import Checker
 from swarmtrain.peer.clock import Phase, PhaseClock, sleep_until
 from swarmtrain.peer.config import SwarmConfig
@@ -63,6 +63,9 @@ class NodeOptions:
     # --watch`, the demo's view) read its final heartbeat and a lagging peer can still
     # fetch the final state from it, before its DHT node and p2pd go away.
     linger_s: float = 4.0
+    # Where to write the addresses others join with, one per line, once the peer is ready
+    # (for scripts and compose files that start the next peers from it).
+    address_file: Path | None = None
     announce: Callable[[str], None] = print
 
 
@@ -77,7 +80,8 @@ class Node:
         self.store: VersionStore | None = None
         try:
             self.records = SwarmRecords(self.dht, self.identity, options.swarm)
-            self.addresses = visible_maddrs(self.dht)
+            # A peer listening beyond loopback is for other machines: their addresses first.
+            self.addresses = visible_maddrs(self.dht, loopback=is_loopback_host(options.host))
             self.exchange = Exchange.start(self.dht)
             self.genesis = self._establish_genesis()
             self.config = SwarmConfig.from_dict(self.genesis.config)
@@ -201,6 +205,8 @@ class Node:
     def run(self) -> list[RoundSummary]:
         """Play rounds until ``options.rounds`` contributions are done (or forever)."""
         self.options.announce(f"peer {self.identity.peer_id} in swarm {self.options.swarm!r}")
+        if self.options.address_file is not None:  # before the lines below, which scripts wait for too
+            atomic_write(self.options.address_file, "".join(f"{a}\n" for a in self.addresses).encode())
         for address in self.addresses:
             self.options.announce(f"join with: --initial-peers {address}")
         summaries: list[RoundSummary] = []

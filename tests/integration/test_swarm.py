@@ -78,8 +78,12 @@ def test_late_joiner_and_killed_peer_catch_up_and_agree(tmp_path: Path) -> None:
     both end on the same version and checksum as the peers that never left."""
     swarm = Swarm(tmp_path, "itest-b")
     try:
-        first = swarm.start("a", *SMOKE, "--rounds", "5", "--start-delay", "30")
+        first = swarm.start("a", *SMOKE, "--rounds", "5", "--start-delay", "30",
+                            "--address-file", str(tmp_path / "a.addr"))
         address = first.address()
+        # --address-file: what it printed, one per line (loopback only: it listens on 127.0.0.1).
+        assert address in (tmp_path / "a.addr").read_text().splitlines()
+        assert all(a.startswith("/ip4/127.") for a in (tmp_path / "a.addr").read_text().split())
         swarm.start("b", *SMOKE, "--rounds", "5", "--initial-peers", address)
         victim = swarm.start("c", *SMOKE, "--rounds", "5", "--initial-peers", address)
         swarm.wait_for_line("a", "round 1:", timeout=120)

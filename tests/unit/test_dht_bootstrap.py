@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from swarmtrain.dht.bootstrap import BootstrapError, MalformedMultiaddrError, start_dht
+from swarmtrain.dht.bootstrap import BootstrapError, MalformedMultiaddrError, is_loopback_host, start_dht
 from swarmtrain.dht.identity import Identity, load_or_create_identity
 from swarmtrain.dht.keys import InvalidSwarmNameError
 
@@ -42,3 +42,12 @@ def test_bad_host_port_and_swarm(identity: Identity) -> None:
         start_dht(initial_peers=[], identity=identity, swarm="demo", port=70000)
     with pytest.raises(InvalidSwarmNameError):
         start_dht(initial_peers=[], identity=identity, swarm="Not Valid")
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("127.1.2.3", True), ("::1", True),
+    ("0.0.0.0", False), ("::", False), ("192.0.2.7", False), ("localhost", False), ("", False),
+])
+def test_is_loopback_host(host: str, loopback: bool) -> None:
+    # Only a listen address that keeps the node on this machine counts; a name is not one.
+    assert is_loopback_host(host) is loopback
