@@ -83,12 +83,16 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def start_peer(name: str, data_dir: Path, args: Sequence[str], *, threads: int = 1) -> PeerProcess:
-    """Start ``swarmtrain join ARGS --data-dir DATA_DIR`` with its output in DATA_DIR/../NAME.log."""
+def start_peer(name: str, data_dir: Path, args: Sequence[str], *, threads: int = 1,
+               prefix: Sequence[str] = ()) -> PeerProcess:
+    """Start ``swarmtrain join ARGS --data-dir DATA_DIR`` with its output in DATA_DIR/../NAME.log.
+
+    ``prefix`` is a command that execs the peer, such as ``ip netns exec NS`` (tests).
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"{name}.log"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "swarmtrain.peer.cli", "join", "--data-dir", str(data_dir),
+    command = [*prefix, sys.executable, "-m", "swarmtrain.peer.cli", "join", "--data-dir", str(data_dir),
                "--threads", str(threads), *args]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

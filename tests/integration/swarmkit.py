@@ -34,8 +34,9 @@ class Swarm:
         self.peers: dict[str, PeerProcess] = {}
         self._others: list[subprocess.Popen[bytes]] = []
 
-    def start(self, label: str, *args: str, data_dir: str | None = None) -> PeerProcess:
-        proc = start_peer(label, self.root / (data_dir or label), ["--swarm", self.name, *args])
+    def start(self, label: str, *args: str, data_dir: str | None = None,
+              prefix: tuple[str, ...] = ()) -> PeerProcess:
+        proc = start_peer(label, self.root / (data_dir or label), ["--swarm", self.name, *args], prefix=prefix)
         self.peers[label] = proc
         return proc
 
