@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from swarmtrain.dht import (DHTTimeoutError, GenesisRecord, PeerRecord, SwarmRecords, is_loopback_host,
-                            load_or_create_identity, start_dht, visible_maddrs)
+from swarmtrain.dht import (DHTTimeoutError, GenesisRecord, PeerRecord, SwarmRecords, ValidationError,
+                            is_loopback_host, load_or_create_identity, start_dht, visible_maddrs)
 from swarmtrain.peer.check import Checker
 from swarmtrain.peer.clock import Phase, PhaseClock, sleep_until
 from swarmtrain.peer.config import SwarmConfig
@@ -111,10 +111,9 @@ class Node:
             while existing is None and time.monotonic() < deadline:
                 time.sleep(0.5)
                 existing = self.records.read_genesis(pin=self._pinned_genesis())
+        if existing is None and self._pinned_genesis() is not None:
+            existing = self._republish_pinned_genesis()
         if existing is None:
-            if self._pinned_genesis() is not None:
-                raise JoinError(f"this data dir belongs to a swarm whose genesis is no longer in the DHT; "
-                                f"use a new --data-dir to start or join {self.options.swarm!r} afresh")
             config = self.options.config or self.options.new_swarm_config
             candidate = GenesisRecord(
                 protocol_version=PROTOCOL_VERSION, swarm=self.options.swarm, task=config.task,
@@ -125,17 +124,47 @@ class Node:
         else:
             self.records.publish_genesis(existing)  # endorse, so it outlives its creator
         self._check_genesis(existing)
-        atomic_write(self.data_dir / "genesis.json", json.dumps({"digest": existing.digest()}).encode())
+        atomic_write(self.data_dir / "genesis.json",
+                     json.dumps({"digest": existing.digest(), "record": existing.to_wire()}).encode())
         return existing
 
     def _pinned_genesis(self) -> str | None:
+        """The digest of the genesis this data dir adopted earlier (None: a new data dir)."""
+        pin = self._read_pin()
+        return None if pin is None else str(pin["digest"])
+
+    def _read_pin(self) -> dict[str, object] | None:
         path = self.data_dir / "genesis.json"
         if not path.exists():
             return None
         try:
-            return str(json.loads(path.read_text())["digest"])
+            pin = json.loads(path.read_text())
+            str(pin["digest"])
+            return dict(pin)
         except (ValueError, KeyError, TypeError) as error:
             raise JoinError(f"{path} is damaged ({error}); delete it to rejoin the swarm") from error
+
+    def _republish_pinned_genesis(self) -> GenesisRecord:
+        """The swarm's genesis left the DHT with its last peer: put the pinned one back.
+
+        Every peer of a stopped swarm pins the same genesis, so the first one back restores
+        it and the swarm resumes from the versions its peers kept (round numbers go on from
+        the genesis time). A pin without the record (older data dirs) cannot do this.
+        """
+        pin = self._read_pin()
+        assert pin is not None
+        try:
+            record = GenesisRecord.model_validate(pin.get("record"))
+        except ValidationError:
+            record = None
+        if record is None or record.digest() != pin["digest"] or record.swarm != self.options.swarm:
+            raise JoinError(f"this data dir belongs to a swarm whose genesis is no longer in the DHT, and it "
+                            f"keeps no copy to restore it from; use a new --data-dir to start or join "
+                            f"{self.options.swarm!r} afresh")
+        self.records.publish_genesis(record)
+        self.options.announce(f"the genesis of {self.options.swarm!r} was no longer in the DHT: restored the one "
+                              "this data dir pins, resuming from its versions")
+        return record
 
     def _check_genesis(self, genesis: GenesisRecord) -> None:
         if genesis.protocol_version != PROTOCOL_VERSION:

@@ -125,3 +125,29 @@ def test_joiner_with_other_settings_is_refused(tmp_path: Path) -> None:
         assert "Traceback" not in log
     finally:
         swarm.stop_all()
+
+
+@pytest.mark.timeout(300)
+def test_a_swarm_whose_peers_all_stopped_resumes_from_their_versions(tmp_path: Path) -> None:
+    """Every peer leaves, so the genesis leaves the DHT with them; restarted on their data
+    dirs, the first one back restores the pinned genesis and both go on from the version
+    they ended on (not from a new genesis)."""
+    swarm = Swarm(tmp_path, "itest-d")
+    try:
+        first = swarm.start("a", *SMOKE, "--rounds", "2", "--start-delay", "30")
+        swarm.start("b", *SMOKE, "--rounds", "2", "--initial-peers", first.address())
+        swarm.wait("a", "b", timeout=150)
+        before = {n: history(tmp_path / n)[-1] for n in ("a", "b")}
+        assert len({(c.version_id, c.state_checksum) for c in before.values()}) == 1, before
+        again = swarm.start("a2", *SMOKE, "--rounds", "1", data_dir="a")
+        swarm.start("b2", *SMOKE, "--rounds", "1", "--initial-peers", again.address(), data_dir="b")
+        swarm.wait("a2", "b2", timeout=120)
+    finally:
+        swarm.stop_all()
+    assert "restored the one this data dir pins" in swarm.peers["a2"].log_text()
+    after = {n: history(tmp_path / n) for n in ("a", "b")}
+    assert after["a"][-1].version_id == after["b"][-1].version_id
+    assert after["a"][-1].state_checksum == after["b"][-1].state_checksum
+    # One more merge on top of where the swarm stopped, in a later round.
+    assert after["a"][-1].parent_id == before["a"].version_id
+    assert after["a"][-1].round > before["a"].round
