@@ -24,7 +24,8 @@ def _runtime_errors() -> tuple[type[BaseException], ...]:
     from swarmtrain.dht import BootstrapError, DHTTimeoutError, IdentityError
     from swarmtrain.peer.node import JoinError
     from swarmtrain.peer.store import StoreError
-    return (BootstrapError, DHTTimeoutError, IdentityError, JoinError, StoreError)
+    from swarmtrain.peer.trainer import DeviceError
+    return (BootstrapError, DHTTimeoutError, IdentityError, JoinError, StoreError, DeviceError)
 
 
 if TYPE_CHECKING:
@@ -89,7 +90,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     config = swarm_config_from_args(args, default_preset="demo")
-    sim = Simulation(config, peers=args.peers, fault=args.fault)
+    from swarmtrain.peer.trainer import resolve_device
+
+    sim = Simulation(config, peers=args.peers, fault=args.fault, device=resolve_device(args.device))
     if args.json:
         reports = sim.run(args.rounds, on_round=lambda r: print(json.dumps(_report_dict(r)), flush=True))
         return 0 if reports else 1
@@ -106,6 +109,12 @@ def _report_dict(report: "RoundReport") -> dict[str, object]:
 
 
 _SWARM_FLAGS = ("task", "preset", "density", "bits", "inner_steps", "seed")
+
+
+def _add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", metavar="DEV",
+                        help="where local training runs: auto (a CUDA GPU if torch sees one), cpu, cuda, cuda:N; "
+                             "merges and votes always run on the CPU")
 
 
 def _insisted_config(args: argparse.Namespace) -> SwarmConfig | None:
@@ -138,7 +147,9 @@ def cmd_join(args: argparse.Namespace) -> int:
     import torch
 
     from swarmtrain.peer.node import Node, NodeOptions
+    from swarmtrain.peer.trainer import resolve_device
 
+    resolve_device(args.device)  # a wrong --device fails here, before a DHT node starts
     torch.set_num_threads(args.threads)
     signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
     insisted = _insisted_config(args)
@@ -149,6 +160,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         new_swarm_config=insisted or swarm_config_from_args(args, default_preset="demo"),
         start_delay=args.start_delay,
         address_file=Path(args.address_file) if args.address_file else None,
+        device=args.device,
         announce=lambda line: print(line, flush=True),
     )
     node = Node(options)
@@ -240,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--fault", choices=list(FAULT_MODES), default=None,
                      help="make the last peer misbehave: " + "; ".join(f"{k}: {v}" for k, v in FAULT_MODES.items()))
     sim.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")
+    _add_device_option(sim)
     sim.add_argument("--json", action="store_true", help="one JSON object per round instead of the table")
     _add_swarm_options(sim)
     sim.set_defaults(func=cmd_simulate)
@@ -259,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("--start-delay", type=float, default=0.0,
                       help="when starting a swarm: round 0 begins this many seconds from now")
     join.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")
+    _add_device_option(join)
     _add_swarm_options(join)
     join.set_defaults(func=cmd_join)
 

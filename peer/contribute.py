@@ -44,10 +44,11 @@ def pseudo_gradient(start: Mapping[str, Tensor], trained: Mapping[str, Tensor]) 
 class Contributor:
     """A peer's training side across rounds: its trainer, its error feedback, its fault mode."""
 
-    def __init__(self, task: Task, config: SwarmConfig, *, stream_seed: int, fault: str | None = None) -> None:
+    def __init__(self, task: Task, config: SwarmConfig, *, stream_seed: int, fault: str | None = None,
+                 device: torch.device | str = "cpu") -> None:
         self.config = config
         self.fault = faults.validate_fault(fault)
-        self.trainer = LocalTrainer(task, config.train, stream_seed=stream_seed)
+        self.trainer = LocalTrainer(task, config.train, stream_seed=stream_seed, device=device)
         decay = config.outer.ef_decay if config.codec.compressed else 0.0
         self.feedback = ErrorFeedback(decay)
         self._generator = torch.Generator().manual_seed(0x5EED + stream_seed)

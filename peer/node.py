@@ -31,6 +31,7 @@ from swarmtrain.peer.store import StoreError, VersionStore
 from swarmtrain.peer.store_files import atomic_write
 from swarmtrain.peer.sync import StateSync
 from swarmtrain.peer.tasks import load_task
+from swarmtrain.peer.trainer import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class NodeOptions:
     # Where to write the addresses others join with, one per line, once the peer is ready
     # (for scripts and compose files that start the next peers from it).
     address_file: Path | None = None
+    device: str = "auto"               # where the inner steps run (see trainer.resolve_device)
     announce: Callable[[str], None] = print
 
 
@@ -90,7 +92,8 @@ class Node:
             self.task = load_task(self.config)
             self.state = self._initial_state()
             seed = int.from_bytes(self.identity.peer_id.encode()[-6:], "big")
-            self.contributor = Contributor(self.task, self.config, stream_seed=seed, fault=options.fault)
+            self.contributor = Contributor(self.task, self.config, stream_seed=seed, fault=options.fault,
+                                           device=resolve_device(options.device))
             self._load_local_state()
             self.checker = Checker(self.task, self.config, heldout_seed=seed + 1)
             self.sync = StateSync(self)

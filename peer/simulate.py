@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 from swarmtrain.peer.assignment import assignments
@@ -77,7 +78,8 @@ class Simulation:
     """A one-process swarm; ``fault`` makes the last peer misbehave in that mode."""
 
     def __init__(self, config: SwarmConfig, *, peers: int, fault: str | None = None,
-                 validation_batches: int = 8, task: Task | None = None) -> None:
+                 validation_batches: int = 8, task: Task | None = None,
+                 device: torch.device | str = "cpu") -> None:
         if peers < 1:
             raise ValueError(f"--peers must be >= 1, got {peers}")
         self.config = config
@@ -92,7 +94,7 @@ class Simulation:
             _VirtualPeer(
                 name=f"peer{i}",
                 contributor=Contributor(self.task, config, stream_seed=i,
-                                        fault=fault if i == peers - 1 else None),
+                                        fault=fault if i == peers - 1 else None, device=device),
                 checker=Checker(self.task, config, heldout_seed=1000 + i),
             )
             for i in range(peers)

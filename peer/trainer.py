@@ -33,12 +33,42 @@ class OptimizerStateError(LocalStateError):
 _ADAM_KEYS = ("step", "exp_avg", "exp_avg_sq")
 
 
+class DeviceError(ValueError):
+    """The requested training device does not exist here."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when torch sees a GPU, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Only the inner steps run there: merges, checksums and votes stay on the CPU in fp32,
+    where every peer computes them the same way.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise DeviceError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from error
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise DeviceError(f"--device {name!r}: only cpu and cuda are supported")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"--device {name!r}: this torch ({torch.__version__}) sees no CUDA GPU; "
+                          "install a CUDA build of torch, or use --device cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"--device {name!r}: there are {torch.cuda.device_count()} CUDA device(s), "
+                          f"numbered from 0")
+    return device
+
+
 def model_params(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Detached fp32 copies of the parameters, keyed by ``named_parameters()`` names.
+    """Detached fp32 CPU copies of the parameters, keyed by ``named_parameters()`` names.
 
     ``named_parameters`` lists a tied (shared) parameter once, under its first name.
     """
-    return {name: p.detach().to(dtype=torch.float32, copy=True) for name, p in model.named_parameters()}
+    return {name: p.detach().to(device="cpu", dtype=torch.float32, copy=True)
+            for name, p in model.named_parameters()}
 
 
 def load_model_params(model: nn.Module, params: Mapping[str, torch.Tensor]) -> None:
@@ -110,10 +140,11 @@ class LocalTrainer:
     """This peer's model copy, its AdamW inner optimizer and its training stream."""
 
     def __init__(self, task: Task, config: TrainConfig, *, stream_seed: int,
-                 model: nn.Module | None = None) -> None:
+                 model: nn.Module | None = None, device: torch.device | str = "cpu") -> None:
         self.task = task
         self.config = config
-        self.model = task.build_model() if model is None else model
+        self.device = torch.device(device)
+        self.model = (task.build_model() if model is None else model).to(self.device)
         self.model.train()
         self.optimizer = torch.optim.AdamW(
             self._param_groups(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
@@ -131,10 +162,13 @@ class LocalTrainer:
 
     def _next_batch(self) -> Batch:
         try:
-            return next(self._batches)
+            batch = next(self._batches)
         except StopIteration:
             raise TaskError(f"task {self.task.name!r}: train_batches() ran out of batches; it must "
                             "yield forever (loop over the data, reshuffling each epoch)") from None
+        if self.device.type == "cpu":
+            return batch
+        return tuple(t.to(self.device, non_blocking=True) for t in batch)
 
     def load_params(self, params: Mapping[str, torch.Tensor]) -> None:
         """Start from the round's version: copy it into the model, keep the optimizer state."""
@@ -150,7 +184,7 @@ class LocalTrainer:
         for name, p in self.model.named_parameters():
             for key, value in self.optimizer.state.get(p, {}).items():
                 if key in _ADAM_KEYS:
-                    state[f"{key}/{name}"] = value
+                    state[f"{key}/{name}"] = value.detach().cpu()
         return tensors_to_bytes(state)
 
     def load_optimizer_bytes(self, data: bytes) -> None:
@@ -169,7 +203,9 @@ class LocalTrainer:
             if value.shape != want:
                 raise OptimizerStateError(f"saved inner-optimizer state {entry!r} has shape "
                                           f"{tuple(value.shape)}, the model needs {tuple(want)}")
-            restored.setdefault(params[name], {})[key] = value.to(torch.float32).clone()
+            # torch keeps AdamW's step on the CPU unless capturable; the moments go with the params.
+            where = torch.device("cpu") if key == "step" else self.device
+            restored.setdefault(params[name], {})[key] = value.to(device=where, dtype=torch.float32, copy=True)
         incomplete = [n for n, p in params.items() if p in restored and len(restored[p]) != len(_ADAM_KEYS)]
         if incomplete:
             raise OptimizerStateError(f"saved inner-optimizer state is incomplete for {incomplete[:3]}")

@@ -39,6 +39,15 @@ def test_bad_settings_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> No
     assert code == 2 and "nosuchmodule" in err
 
 
+@pytest.mark.parametrize("command", ["join", "simulate"])
+def test_a_device_that_does_not_exist_is_one_line(command: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    extra = ["--data-dir", str(tmp_path)] if command == "join" else ["--rounds", "1"]
+    code, err = _run(capsys, command, "--device", "tpu", *extra)
+    assert code == 1 and err.startswith("swarmtrain: error: --device 'tpu'") and err.count("\n") == 1
+    assert not (tmp_path / "identity.key").exists()  # refused before any set-up
+
+
 def test_log_without_versions_says_which_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, err = _run(capsys, "log", "--data-dir", str(tmp_path / "nothing"))
     assert code == 2 and "holds no versions" in err

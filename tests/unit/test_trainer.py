@@ -16,8 +16,8 @@ from swarmtrain.peer.tasks import Batch, Task, TaskError, load_task
 from swarmtrain.peer.tasks.synthetic import Synthetic
 from swarmtrain.peer.localstate import tensors_from_bytes, tensors_to_bytes
 from swarmtrain.peer.trainer import (
-    LocalTrainer, OptimizerStateError, ParamsMismatchError, TrainReport, evaluate_loss, load_model_params,
-    model_params,
+    DeviceError, LocalTrainer, OptimizerStateError, ParamsMismatchError, TrainReport, evaluate_loss,
+    load_model_params, model_params, resolve_device,
 )
 
 TRAIN = TrainConfig(batch_size=16, lr=3e-3)
@@ -252,3 +252,39 @@ def test_a_finite_training_stream_is_a_task_error() -> None:
     assert trainer.run(3).steps == 3
     with pytest.raises(TaskError, match="ran out of batches"):
         trainer.run(1)
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for bad, match in (("tpu", "not a device"), ("meta", "only cpu and cuda")):
+        with pytest.raises(DeviceError, match=match):
+            resolve_device(bad)
+    if torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="numbered from 0"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+    else:
+        with pytest.raises(DeviceError, match="--device cpu"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
+def test_training_on_the_gpu_hands_back_cpu_params_and_portable_optimizer_state() -> None:
+    gpu = LocalTrainer(_task(), TRAIN, stream_seed=0, device="cuda")
+    assert next(gpu.model.parameters()).is_cuda
+    start = gpu.params()
+    report = gpu.run(20)
+    trained = gpu.params()
+    assert report.steps == 20 and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in trained.values())
+    assert any(not torch.equal(start[n], trained[n]) for n in start)
+    # AdamW state saved on the GPU restores on a CPU peer, and the other way round.
+    cpu = LocalTrainer(_task(), TRAIN, stream_seed=0)
+    cpu.load_optimizer_bytes(gpu.optimizer_bytes())
+    again = LocalTrainer(_task(), TRAIN, stream_seed=0, device="cuda")
+    again.load_optimizer_bytes(cpu.optimizer_bytes())
+    again.load_params(trained)
+    assert again.run(2).steps == 2
+    # The loss falls on the GPU as on the CPU (same task, same stream).
+    heldout = gpu.task.heldout_batches(4, seed=0)
+    assert evaluate_loss(gpu.task, gpu.task.build_model(), heldout, params=trained) < \
+        evaluate_loss(gpu.task, gpu.task.build_model(), heldout, params=start)
