@@ -155,6 +155,9 @@ class PeerRecord(SwarmRecord):
     software_version: ShortText
     time: Timestamp
     last_round_s: Annotated[float, Field(ge=0.0, le=1e6, allow_inf_nan=False)] | None = None  # wall time
+    # Times this peer downloaded the majority's state because its own merge differed or
+    # failed; shown by `status`, since a swarm that resyncs every round has a bug.
+    resyncs: Count = 0
 
 
 class CommitRecord(SwarmRecord):

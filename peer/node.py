@@ -278,6 +278,7 @@ class Node:
             bytes_sent=stats.bytes_sent, bytes_received=stats.bytes_received,
             updates_accepted=self.engine.accepted, updates_rejected=self.engine.rejected,
             software_version=SOFTWARE_VERSION, time=time.time(), last_round_s=self.engine.last_round_s,
+            resyncs=self.sync.resyncs,
         ))
 
     def close(self) -> None:

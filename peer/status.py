@@ -36,6 +36,7 @@ class PeerStatus:
     updates_rejected: int
     seconds_since_heartbeat: float
     last_round_s: float | None
+    resyncs: int = 0
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ def collect(records: SwarmRecords) -> SwarmSnapshot:
         (PeerStatus(peer_id=p, role=r.role, round=r.round, version=r.version_id, state_checksum=r.state_checksum,
                     last_val_loss=r.last_val_loss, bytes_sent=r.bytes_sent, bytes_received=r.bytes_received,
                     updates_accepted=r.updates_accepted, updates_rejected=r.updates_rejected,
-                    seconds_since_heartbeat=round(now - r.time, 1), last_round_s=r.last_round_s)
+                    seconds_since_heartbeat=round(now - r.time, 1), last_round_s=r.last_round_s,
+                    resyncs=r.resyncs)
          for p, r in records.peers().items()),
         key=lambda s: s.peer_id,
     ))
@@ -85,6 +87,9 @@ def render(snapshot: SwarmSnapshot) -> Table:
     title = f"swarm {snapshot.swarm!r}: {where}, {len(snapshot.peers)} peer(s)"
     if snapshot.version:
         title += f", version {snapshot.version[:12]}"
+    resyncs = sum(p.resyncs for p in snapshot.peers)
+    if resyncs:  # worth a look: honest peers should compute the same versions on their own
+        title += f", {resyncs} resync(s)"
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=0)
     for column, justify in (("peer", "left"), ("role", "left"), ("round", "right"), ("version", "left"),
                             ("val loss", "right"), ("sent", "right"), ("received", "right"),

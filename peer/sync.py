@@ -60,7 +60,10 @@ class StateSync:
             return False
         node.options.announce(f"round {r}: my version {node.state.version.hex()[:12]} is not the majority's "
                               f"{version[:12]} ({len(holders)} peers): resyncing")
-        return self._fetch(version, checksum, holders, produced_in=r)
+        synced = self._fetch(version, checksum, holders, produced_in=r)
+        # Counted here only: a late joiner's or restarted peer's catch-up is no disagreement.
+        self.resyncs += int(synced)
+        return synced
 
     def catch_up(self, r: int) -> None:
         """Before playing round ``r``: make sure this peer holds V(r) (late join, restart)."""
@@ -107,7 +110,6 @@ class StateSync:
                 log.warning("state %s from %s failed: %s", version[:12], peer, error)
                 continue
             self.adopt(load_version(node.store, version, node.state.outer, next_round=produced_in + 1))
-            self.resyncs += 1
             node.options.announce(f"synced version {version[:12]} ({len(data) / 1e6:.1f} MB, checksum ok) "
                                   f"from {peer[:12]} in {time.monotonic() - started:.1f}s")
             return True

@@ -51,6 +51,7 @@ def test_plain_hivemind_bootstrap_honest_peers_agree_and_faults_are_rejected(tmp
         assert status["swarm"] == "itest-a" and status["round"] is not None
         assert len(status["peers"]) >= 4
         assert all(p["bytes_sent"] > 0 and p["last_round_s"] > 0 for p in status["peers"] if p["round"] >= 1)
+        assert all(isinstance(p["resyncs"], int) and p["resyncs"] >= 0 for p in status["peers"])
         swarm.wait("honest0", "honest1", "honest2", "scale", "badsum", timeout=150)
     finally:
         swarm.stop_all()

@@ -50,6 +50,16 @@ def test_status_rows_fit_an_80_column_terminal_unwrapped() -> None:
         assert cell in rows[0], rows[0]
 
 
+def test_status_title_counts_resyncs_only_when_there_are_some() -> None:
+    calm = SwarmSnapshot(swarm="s", task="stdlib-lm", round=3, phase="vote", version="a" * 64,
+                         peers=(_peer("QmAAAAAAAAAAAAAA", "a" * 64),), taken_at=0.0)
+    assert "resync" not in _text(render(calm))
+    shaky = dataclasses.replace(calm, peers=(
+        dataclasses.replace(_peer("QmAAAAAAAAAAAAAA", "a" * 64), resyncs=2),
+        dataclasses.replace(_peer("QmBBBBBBBBBBBBBB", "a" * 64), resyncs=1)))
+    assert "3 resync(s)" in _text(render(shaky))
+
+
 def test_status_without_genesis() -> None:
     snap = SwarmSnapshot(swarm="s", task=None, round=None, phase=None, version=None, peers=(), taken_at=0.0)
     assert "no genesis yet" in _text(render(snap))
