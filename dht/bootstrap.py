@@ -191,7 +191,7 @@ def _listen_maddr(host: str, port: int) -> str:
 
 def _is_loopback(address: str) -> bool:
     parts = address.split("/")
-    return len(parts) > 2 and parts[1] in ("ip4", "ip6") and ipaddress.ip_address(parts[2]).is_loopback
+    return len(parts) > 2 and parts[1] in ("ip4", "ip6") and is_loopback_host(parts[2])
 
 
 def _reap(dht: hivemind.DHT) -> None:

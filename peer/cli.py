@@ -87,11 +87,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     from swarmtrain.peer.simulate import Simulation
     from swarmtrain.peer.terminal import print_round, print_summary, simulation_header
+    from swarmtrain.peer.trainer import resolve_device
 
     torch.set_num_threads(args.threads)
     config = swarm_config_from_args(args, default_preset="demo")
-    from swarmtrain.peer.trainer import resolve_device
-
     sim = Simulation(config, peers=args.peers, fault=args.fault, device=resolve_device(args.device))
     if args.json:
         reports = sim.run(args.rounds, on_round=lambda r: print(json.dumps(_report_dict(r)), flush=True))

@@ -64,10 +64,8 @@ def run_demo(*, peers: int, rounds: int, preset: str, root: Path, fault: str | N
                     pass
                 live.update(render_demo(snapshot, procs))
                 time.sleep(2.0)
-            try:  # the peers' last heartbeats ("leaving") carry their final versions
-                snapshot = observer.snapshot()
-            except TimeoutError:
-                pass
+            # The last snapshot above was read while the peers lingered after their final
+            # heartbeats (NodeOptions.linger_s), so it shows their final versions.
             live.update(render_demo(snapshot, procs))
         codes = [p.process.returncode for p in procs]
         console.print(f"logs and data: {root.resolve()} (peer logs: peerN.log; history: "

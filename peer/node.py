@@ -106,16 +106,18 @@ class Node:
 
     def _establish_genesis(self) -> GenesisRecord:
         """Join the existing genesis, or propose ours when the swarm has none."""
-        existing = self.records.read_genesis(pin=self._pinned_genesis())
+        pin = self._read_pin()
+        pinned = None if pin is None else str(pin["digest"])
+        existing = self.records.read_genesis(pin=pinned)
         if existing is None and self.options.initial_peers:
             # The swarm may still be starting (or the bootstrap is a plain hivemind node):
             # give a concurrent starter a moment before proposing a genesis of our own.
             deadline = time.monotonic() + 3.0
             while existing is None and time.monotonic() < deadline:
                 time.sleep(0.5)
-                existing = self.records.read_genesis(pin=self._pinned_genesis())
-        if existing is None and self._pinned_genesis() is not None:
-            existing = self._republish_pinned_genesis()
+                existing = self.records.read_genesis(pin=pinned)
+        if existing is None and pin is not None:
+            existing = self._pinned_record(pin)  # published below, like any endorsement
         if existing is None:
             config = self.options.config or self.options.new_swarm_config
             candidate = GenesisRecord(
@@ -131,12 +133,8 @@ class Node:
                      json.dumps({"digest": existing.digest(), "record": existing.to_wire()}).encode())
         return existing
 
-    def _pinned_genesis(self) -> str | None:
-        """The digest of the genesis this data dir adopted earlier (None: a new data dir)."""
-        pin = self._read_pin()
-        return None if pin is None else str(pin["digest"])
-
     def _read_pin(self) -> dict[str, object] | None:
+        """What genesis.json says of the genesis this data dir adopted (None: a new data dir)."""
         path = self.data_dir / "genesis.json"
         if not path.exists():
             return None
@@ -147,15 +145,13 @@ class Node:
         except (ValueError, KeyError, TypeError) as error:
             raise JoinError(f"{path} is damaged ({error}); delete it to rejoin the swarm") from error
 
-    def _republish_pinned_genesis(self) -> GenesisRecord:
-        """The swarm's genesis left the DHT with its last peer: put the pinned one back.
+    def _pinned_record(self, pin: dict[str, object]) -> GenesisRecord:
+        """The swarm's genesis left the DHT with its last peer: restore the pinned one.
 
         Every peer of a stopped swarm pins the same genesis, so the first one back restores
         it and the swarm resumes from the versions its peers kept (round numbers go on from
         the genesis time). A pin without the record (older data dirs) cannot do this.
         """
-        pin = self._read_pin()
-        assert pin is not None
         try:
             record = GenesisRecord.model_validate(pin.get("record"))
         except ValidationError:
@@ -164,7 +160,6 @@ class Node:
             raise JoinError(f"this data dir belongs to a swarm whose genesis is no longer in the DHT, and it "
                             f"keeps no copy to restore it from; use a new --data-dir to start or join "
                             f"{self.options.swarm!r} afresh")
-        self.records.publish_genesis(record)
         self.options.announce(f"the genesis of {self.options.swarm!r} was no longer in the DHT: restored the one "
                               "this data dir pins, resuming from its versions")
         return record

@@ -298,8 +298,7 @@ def ballot(voter: str, verdicts: dict[bytes, Verdict]) -> VoteRecord:
 
 
 def _short_reason(reason: str) -> str:
-    text = reason.encode("ascii", "replace").decode("ascii")
-    text = "".join(c if " " <= c <= "~" else "?" for c in text)
+    text = "".join(c if " " <= c <= "~" else "?" for c in reason)  # printable ASCII only
     return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 3] + "..."
 
 

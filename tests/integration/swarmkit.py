@@ -23,6 +23,12 @@ from swarmtrain.peer.trainer import evaluate_loss
 
 SMOKE = ["--preset", "smoke"]
 HIVEMIND_ADDRESS = re.compile(r"--initial_peers (/ip4/127\.0\.0\.1/\S+)")
+ROUND_LINE = re.compile(r"^round (\d+): version ([0-9a-f]{12})", re.MULTILINE)
+
+
+def versions_by_round(log: str) -> dict[str, str]:
+    """The version a peer's log says each round ended on (short ids), by round number."""
+    return dict(ROUND_LINE.findall(log))
 
 
 class Swarm:

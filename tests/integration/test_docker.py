@@ -8,7 +8,6 @@ runs this. Without them the test is skipped and says why.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -16,6 +15,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from swarmkit import versions_by_round
 
 pytestmark = [pytest.mark.integration]
 
@@ -28,9 +29,6 @@ if not IMAGE:
                 allow_module_level=True)
 if ENGINE is None:
     pytest.skip("no working container engine (docker or podman) on this machine", allow_module_level=True)
-
-ROUND = re.compile(r"^round (\d+): version ([0-9a-f]{12})", re.MULTILINE)
-
 
 def _engine(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     assert ENGINE is not None
@@ -68,7 +66,7 @@ def test_two_containers_join_by_address_file_and_agree(tmp_path: Path) -> None:
         for name in names:
             _engine("rm", "-f", name)
         _engine("network", "rm", network)
-    finals = [dict(ROUND.findall(log)) for log in logs]
+    finals = [versions_by_round(log) for log in logs]
     assert all(sorted(f) == ["0", "1"] for f in finals), logs
     assert finals[0] == finals[1], logs  # same version after every round
     assert all("Traceback" not in log for log in logs), logs

@@ -9,7 +9,6 @@ Needs root and iproute2 (`ip netns`, `tc`); skipped, saying why, where those are
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import uuid
@@ -18,12 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from swarmkit import SMOKE, Swarm
+from swarmkit import SMOKE, Swarm, versions_by_round
 
 pytestmark = [pytest.mark.integration]
-
-ROUND = re.compile(r"^round (\d+): version ([0-9a-f]{12})", re.MULTILINE)
-
 
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
@@ -79,5 +75,5 @@ def test_peers_on_two_hosts_join_by_the_reachable_address_and_agree(
         swarm.wait("a", "b", timeout=150)
     finally:
         swarm.stop_all()
-    finals = [dict(ROUND.findall(swarm.peers[n].log_text())) for n in ("a", "b")]
+    finals = [versions_by_round(swarm.peers[n].log_text()) for n in ("a", "b")]
     assert sorted(finals[0]) == ["0", "1"] and finals[0] == finals[1], finals

@@ -18,8 +18,6 @@ from swarmkit import SMOKE, Swarm, by_round, heldout_loss, history
 
 pytestmark = [pytest.mark.integration]
 
-ROUND_S = 17.0  # smoke preset: 6 + 3 + 5 + 3 seconds
-
 
 def _peer_id(log: str) -> str:
     line = next(line for line in log.splitlines() if line.startswith("peer "))
