@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from typing import Any
 
@@ -60,7 +61,7 @@ def main() -> None:
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     results = [measure(p, d, args.steps, args.warmup) for p in args.presets for d in devices]
     print(json.dumps({
-        "benchmark": "trainer", "command": "python benchmarks/trainer.py", "torch": torch.__version__,
+        "benchmark": "trainer", "command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(), "results": results,
     }, indent=1))
 
