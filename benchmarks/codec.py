@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from swarmtrain.peer.config import preset
-from swarmtrain.peer.tasks import load_task
+from swarmtrain.peer.training.tasks import load_task
 from swarmtrain.protocol import decode_update, encode_update, encode_update_and_reconstruct
 from swarmtrain.protocol.layout import tensor_layout
 from swarmtrain.protocol.quant import dequantize, quantize

@@ -1,7 +1,7 @@
 """Convergence at equal compute: K simulated peers vs one peer, compressed vs uncompressed.
 
 Runs the real round (train, encode, check, vote, merge) in one process through
-:class:`swarmtrain.peer.simulate.Simulation` on the stdlib-lm task and prints ONE JSON
+:class:`swarmtrain.peer.round.simulate.Simulation` on the stdlib-lm task and prints ONE JSON
 document: per setting the final validation loss (nats/byte, on the simulator's fixed
 held-out batches), the bytes each peer sends per round, the compression ratio against a
 dense fp32 update, and how many updates were accepted.
@@ -25,9 +25,9 @@ import time
 import torch
 
 from swarmtrain.peer.config import CodecConfig, OuterConfig, SwarmConfig, preset
-from swarmtrain.peer.simulate import VALIDATION_SEED, Simulation
-from swarmtrain.peer.tasks import load_task
-from swarmtrain.peer.trainer import LocalTrainer, evaluate_loss
+from swarmtrain.peer.round.simulate import VALIDATION_SEED, Simulation
+from swarmtrain.peer.training.tasks import load_task
+from swarmtrain.peer.training.trainer import LocalTrainer, evaluate_loss
 
 # (label, density, bits); density 1.0 / 32 bits means uncompressed DiLoCo with Nesterov.
 SETTINGS: list[tuple[str, float, int]] = [

@@ -1,7 +1,7 @@
 """Blob exchange throughput: one peer fetches blobs from another over p2pd streams.
 
 Two hivemind DHT nodes (each with its own p2pd) on 127.0.0.1; the fetcher downloads the
-same blob several times through :class:`swarmtrain.peer.exchange.Exchange` (chunked
+same blob several times through :class:`swarmtrain.peer.exchange.service.Exchange` (chunked
 frames, BLAKE2b verification included). Prints ONE JSON document.
 
     python benchmarks/exchange.py [--mib 64] [--repeats 3]
@@ -18,7 +18,7 @@ import time
 
 from hivemind import DHT
 
-from swarmtrain.peer.exchange import Exchange, blob_digest
+from swarmtrain.peer.exchange.service import Exchange, blob_digest
 
 LOCAL = ["/ip4/127.0.0.1/tcp/0"]
 

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from swarmtrain.peer.config import preset
-from swarmtrain.peer.tasks import load_task
-from swarmtrain.peer.trainer import LocalTrainer, resolve_device
+from swarmtrain.peer.training.tasks import load_task
+from swarmtrain.peer.training.trainer import LocalTrainer, resolve_device
 
 
 def measure(preset_name: str, device: str, steps: int, warmup: int) -> dict[str, Any]:

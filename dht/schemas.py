@@ -158,6 +158,10 @@ class PeerRecord(SwarmRecord):
     # Times this peer downloaded the majority's state because its own merge differed or
     # failed; shown by `status`, since a swarm that resyncs every round has a bug.
     resyncs: Count = 0
+    # Share of wall time spent in inner steps since the peer started training, and its
+    # training speed: what tells a user whether the swarm keeps their hardware busy.
+    utilisation: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
+    samples_per_s: Annotated[float, Field(ge=0.0, le=1e9, allow_inf_nan=False)] | None = None
 
 
 class CommitRecord(SwarmRecord):

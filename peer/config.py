@@ -133,7 +133,12 @@ class VoteConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RoundTiming:
-    """Phase lengths in seconds, timed from the genesis time (used by the network swarm)."""
+    """Phase lengths in seconds, timed from the genesis time (used by the network swarm).
+
+    Rounds are pipelined: peers train without pause, and a round's commit point comes
+    every ``train_s`` seconds. Round ``r``'s exchange (commit, vote and agree phases)
+    runs while round ``r + 1`` trains, so it must end before the next commit point.
+    """
 
     train_s: float = 20.0
     commit_s: float = 4.0
@@ -143,10 +148,14 @@ class RoundTiming:
     def __post_init__(self) -> None:
         for name in ("train_s", "commit_s", "vote_s", "agree_s"):
             _check(getattr(self, name) > 0, f"timing.{name} must be > 0, got {getattr(self, name)}")
+        _check(self.exchange_s <= self.train_s,
+               f"timing.commit_s + vote_s + agree_s ({self.exchange_s:g} s) must fit in timing.train_s "
+               f"({self.train_s:g} s): a round's exchange runs while the next round trains")
 
     @property
-    def round_s(self) -> float:
-        return self.train_s + self.commit_s + self.vote_s + self.agree_s
+    def exchange_s(self) -> float:
+        """From a round's commit point to the end of its agree phase."""
+        return self.commit_s + self.vote_s + self.agree_s
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,7 +221,7 @@ def preset(name: str) -> SwarmConfig:
             train=TrainConfig(batch_size=8, inner_steps=60),
             codec=CodecConfig(density=0.05, bits=2),
             vote=VoteConfig(heldout_batches=2),
-            timing=RoundTiming(train_s=6.0, commit_s=3.0, vote_s=5.0, agree_s=3.0),
+            timing=RoundTiming(train_s=12.0, commit_s=3.0, vote_s=5.0, agree_s=3.0),
         )
     if name == "demo":
         return SwarmConfig(
@@ -220,7 +229,7 @@ def preset(name: str) -> SwarmConfig:
             # (loss rose after round 3); at H=60, 12 rounds took 3 peers from 5.5 to 2.4.
             train=TrainConfig(batch_size=16, inner_steps=60),
             codec=CodecConfig(density=0.015, bits=2),
-            timing=RoundTiming(train_s=5.0, commit_s=2.0, vote_s=4.0, agree_s=2.0),
+            timing=RoundTiming(train_s=9.0, commit_s=2.0, vote_s=4.0, agree_s=2.0),
         )
     if name == "small":
         return SwarmConfig(

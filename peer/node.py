@@ -19,26 +19,33 @@ from pathlib import Path
 
 from swarmtrain.dht import (DHTTimeoutError, GenesisRecord, PeerRecord, SwarmRecords, ValidationError,
                             is_loopback_host, load_or_create_identity, start_dht, visible_maddrs)
-from swarmtrain.peer.check import Checker
-from swarmtrain.peer.clock import Phase, PhaseClock, sleep_until
 from swarmtrain.peer.config import SwarmConfig
-from swarmtrain.peer.contribute import Contributor
-from swarmtrain.peer.exchange import Exchange
-from swarmtrain.peer.localstate import LocalStateError
-from swarmtrain.peer.rounds import RoundEngine, RoundSummary
-from swarmtrain.peer.state import ModelState, genesis_state, load_version
-from swarmtrain.peer.store import StoreError, VersionStore
-from swarmtrain.peer.store_files import atomic_write
-from swarmtrain.peer.sync import StateSync
-from swarmtrain.peer.tasks import load_task
-from swarmtrain.peer.trainer import resolve_device
+from swarmtrain.peer.exchange.service import Exchange
+from swarmtrain.peer.round.check import Checker
+from swarmtrain.peer.round.clock import Clock, Phase, PhaseClock, SystemClock
+from swarmtrain.peer.round.context import RoundContext
+from swarmtrain.peer.round.engine import AGREE_READ_SHARE, PUBLISH_MARGIN_S, RoundEngine, RoundSummary
+from swarmtrain.peer.round.state import ModelState, genesis_state, load_version
+from swarmtrain.peer.round.sync import StateSync
+from swarmtrain.peer.store.files import atomic_write
+from swarmtrain.peer.store.versions import StoreError, VersionStore
+from swarmtrain.peer.training import faults
+from swarmtrain.peer.training.contribute import Contributor
+from swarmtrain.peer.training.localstate import LocalStateError
+from swarmtrain.peer.training.progress import ProgressTracker
+from swarmtrain.peer.training.tasks import load_task
+from swarmtrain.peer.training.trainer import LocalTrainer, resolve_device
+from swarmtrain.peer.training.worker import TrainingWorker
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
+# v2: rounds are pipelined (a commit point every train_s, each round's exchange while the
+# next one trains); a v1 genesis times its rounds differently.
+PROTOCOL_VERSION = 2
 SOFTWARE_VERSION = "swarmtrain 0.1.0"
-# A peer joins a round's training only with at least this share of the phase left;
-# otherwise it waits for the next round (it would send a weak, late update).
+# After (re)joining, a peer commits in a round only with at least this share of its
+# training window left; otherwise it trains on and commits in the next (a weak update
+# made in a few seconds is not worth the swarm's checks).
 MIN_TRAIN_SHARE = 0.5
 
 
@@ -69,6 +76,7 @@ class NodeOptions:
     address_file: Path | None = None
     device: str = "auto"               # where the inner steps run (see trainer.resolve_device)
     announce: Callable[[str], None] = print
+    clock: Clock = field(default_factory=SystemClock)
 
 
 class Node:
@@ -87,17 +95,24 @@ class Node:
             self.exchange = Exchange.start(self.dht)
             self.genesis = self._establish_genesis()
             self.config = SwarmConfig.from_dict(self.genesis.config)
-            self.clock = PhaseClock(self.genesis.genesis_time, self.config.timing)
+            self.phases = PhaseClock(self.genesis.genesis_time, self.config.timing)
             self.store = VersionStore(self.data_dir / "versions")
             self.task = load_task(self.config)
             self.state = self._initial_state()
             seed = int.from_bytes(self.identity.peer_id.encode()[-6:], "big")
-            self.contributor = Contributor(self.task, self.config, stream_seed=seed, fault=options.fault,
-                                           device=resolve_device(options.device))
+            self.contributor = Contributor(self.config, stream_seed=seed, fault=options.fault)
+            self.trainer = LocalTrainer(self.task, self.config.train, stream_seed=seed,
+                                        device=resolve_device(options.device))
             self._load_local_state()
             self.checker = Checker(self.task, self.config, heldout_seed=seed + 1)
-            self.sync = StateSync(self)
-            self.engine = RoundEngine(self)
+            self.context = RoundContext(
+                peer_id=self.identity.peer_id, config=self.config, records=self.records, exchange=self.exchange,
+                store=self.store, clock=options.clock, phases=self.phases, checker=self.checker,
+                announce=options.announce)
+            self.sync = StateSync(self.context)
+            self.sync.serve(self.state)
+            self.engine = RoundEngine(self.context, self.sync)
+            self.worker: TrainingWorker | None = None
         except BaseException:
             self.close()
             raise
@@ -200,7 +215,7 @@ class Node:
     def _local_state(self) -> list[tuple[str, str, Callable[[], bytes], Callable[[bytes], None]]]:
         """This peer's own state kept across restarts: (file, what, save, restore)."""
         shapes = {name: t.shape for name, t in self.state.params.items()}
-        feedback, trainer = self.contributor.feedback, self.contributor.trainer
+        feedback, trainer = self.contributor.feedback, self.trainer
         return [
             ("feedback.safetensors", "error-feedback residual", feedback.to_bytes,
              lambda data: feedback.load_bytes(data, shapes)),
@@ -221,59 +236,110 @@ class Node:
 
     def _save_local_state(self) -> None:
         """Crash-safe; a failure costs that state on restart, never the round."""
+        assert self.worker is not None
         for file, what, save, _ in self._local_state():
+            data = self.worker.exclusive(save)  # between two inner steps
+            assert isinstance(data, bytes)
             try:
-                atomic_write(self.data_dir / file, save())
+                atomic_write(self.data_dir / file, data)
             except StoreError as error:
                 log.warning("could not save the %s: %s", what, error)
 
     # --- running ---------------------------------------------------------------------
 
     def run(self) -> list[RoundSummary]:
-        """Play rounds until ``options.rounds`` contributions are done (or forever)."""
+        """Play rounds until ``options.rounds`` contributions are done (or forever).
+
+        Training runs on its own thread from the start to the end; this thread commits a
+        snapshot at each round's commit point and runs the round's exchange while the
+        next round trains.
+        """
         self.options.announce(f"peer {self.identity.peer_id} in swarm {self.options.swarm!r}")
         if self.options.address_file is not None:  # before the lines below, which scripts wait for too
             atomic_write(self.options.address_file, "".join(f"{a}\n" for a in self.addresses).encode())
         for address in self.addresses:
             self.options.announce(f"join with: --initial-peers {address}")
+        clock, phases = self.options.clock, self.phases
+        # Catch up before training starts, so no step is taken on a version already left behind.
+        self.state = self._caught_up(phases.training_round(clock.time()))
+        self.worker = TrainingWorker(ProgressTracker(self.trainer, self.state.params, self.state.version),
+                                     trains=faults.trains(self.options.fault))
+        self.worker.start()
+        joined = clock.time()
         summaries: list[RoundSummary] = []
-        while self.options.rounds is None or len(summaries) < self.options.rounds:
-            position = self.clock.position(time.time())
-            r = position.round
-            if self.state.round < r:
-                self.sync.catch_up(r)
-            train_left = self.clock.deadline(r, Phase.TRAIN) - time.time()
-            if position.phase != Phase.TRAIN or train_left < MIN_TRAIN_SHARE * self.config.timing.train_s:
-                self.heartbeat(role="waiting")
-                sleep_until(self.clock.round_start(r + 1))
-                continue
-            try:
-                summary = self.engine.play(r)
-            except DHTTimeoutError as error:
-                # A slow DHT costs this round, not the peer: catch up at the next one.
-                self.options.announce(f"round {r}: the DHT did not answer in time ({error}); skipping to the next round")
-                sleep_until(self.clock.round_start(r + 1))
-                continue
-            summaries.append(summary)
-            self._save_local_state()
-            self.options.announce(summary.line())
-        self.heartbeat(role="leaving")
-        time.sleep(self.options.linger_s)
+        try:
+            while self.options.rounds is None or len(summaries) < self.options.rounds:
+                r = phases.training_round(clock.time())
+                if self.state.round < r:
+                    self._adopt(self._caught_up(r))
+                commit_at = phases.deadline(r, Phase.TRAIN) - PUBLISH_MARGIN_S
+                first_window = phases.deadline(r, Phase.TRAIN) - max(joined, phases.round_start(r))
+                if (self.state.round != r or clock.time() >= commit_at
+                        or (not summaries and first_window < MIN_TRAIN_SHARE * self.config.timing.train_s)):
+                    self.heartbeat(role="waiting")  # training goes on; its progress is carried over
+                    clock.sleep_until(phases.deadline(r, Phase.TRAIN))
+                    continue
+                self.heartbeat(role="training")
+                clock.sleep_until(commit_at)
+                update = self.contributor.contribute(self.worker.snapshot(), self.state.version)
+                try:
+                    result = self.engine.play(r, self.state, update)
+                except DHTTimeoutError as error:
+                    # A slow DHT costs this round, not the peer: catch up at the next one.
+                    self.options.announce(f"round {r}: the DHT did not answer in time ({error}); "
+                                          "skipping to the next round")
+                    clock.sleep_until(phases.deadline(r, Phase.AGREE))
+                    continue
+                self._adopt(result.state)
+                summaries.append(result.summary)
+                self._save_local_state()
+                self.options.announce(result.summary.line())
+                self.heartbeat(role="training")
+            self.heartbeat(role="leaving")
+            time.sleep(self.options.linger_s)
+        finally:
+            self.worker.stop()
         return summaries
+
+    def _caught_up(self, r: int) -> ModelState:
+        """The state to commit from in round ``r`` (see :meth:`StateSync.catch_up`).
+
+        V(r) comes out of round r-1, whose results are out this far into its agree phase
+        (still before round r's commit point), so that is waited for first.
+        """
+        if r >= 1:
+            self.options.clock.sleep_until(self.phases.deadline(r - 1, Phase.VOTE)
+                                           + AGREE_READ_SHARE * self.config.timing.agree_s)
+        return self.sync.catch_up(r, self.state)
+
+    def _adopt(self, state: ModelState) -> None:
+        """Go on from ``state``; the training thread carries its recent progress onto it
+        when it is the direct successor of the version that progress was measured from."""
+        assert self.worker is not None and self.store is not None
+        if state.version != self.state.version:
+            try:
+                parent = self.store.commit(state.version.hex()).parent_id
+            except StoreError:
+                parent = None
+            self.worker.rebase(state.params, state.version, carry=parent == self.state.version.hex())
+        self.state = state
 
     def heartbeat(self, role: str) -> None:
         """Publish this peer's status record (what ``swarmtrain status`` shows)."""
         assert self.exchange is not None
-        stats = self.exchange.stats()
+        sent = self.exchange.stats()
+        stats = None if self.worker is None else self.worker.stats()
         loss = self.state.validation_loss
         self.records.heartbeat(PeerRecord(
             peer_id=self.identity.peer_id, addresses=self.addresses[:8], round=self.state.round,
             version_id=self.state.version.hex(), state_checksum=self.state.checksum.hex(), role=role,
             last_val_loss=loss if loss is not None and math.isfinite(loss) else None,
-            bytes_sent=stats.bytes_sent, bytes_received=stats.bytes_received,
+            bytes_sent=sent.bytes_sent, bytes_received=sent.bytes_received,
             updates_accepted=self.engine.accepted, updates_rejected=self.engine.rejected,
             software_version=SOFTWARE_VERSION, time=time.time(), last_round_s=self.engine.last_round_s,
             resyncs=self.sync.resyncs,
+            utilisation=None if stats is None else round(min(1.0, stats.utilisation), 4),
+            samples_per_s=None if stats is None else round(stats.samples_per_second, 2),
         ))
 
     def close(self) -> None:

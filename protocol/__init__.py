@@ -9,7 +9,7 @@ from .codec import (
     encode_update_and_reconstruct,
     read_update,
 )
-from .digest import genesis_version_id, state_checksum, update_digest, version_id
+from .digest import blob_digest, genesis_version_id, state_checksum, update_digest, version_id
 from .errors import ProtocolError
 
 __all__ = [
@@ -24,5 +24,6 @@ __all__ = [
     "read_update",
     "state_checksum",
     "update_digest",
+    "blob_digest",
     "version_id",
 ]

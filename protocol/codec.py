@@ -270,10 +270,12 @@ def read_update(payload: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> 
         return _read(payload, max_elements)
     except ProtocolError:
         raise
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError, RuntimeError) as e:
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as e:
         # Backstop at the trust boundary: every explicit check above raises ProtocolError
         # with a precise message; anything a check missed still reaches the caller as a
-        # rejection of this payload, never as a crash of the peer.
+        # rejection of this payload, never as a crash of the peer. RuntimeError is not
+        # caught: torch raises it for a local failure (out of memory among them), which
+        # must stop this peer, never become a verdict against the sender.
         raise ProtocolError(f"malformed update payload ({type(e).__name__}: {e})") from e
 
 
@@ -298,7 +300,8 @@ def _read(payload: bytes, max_elements: int) -> DecodedUpdate:
                          format_version=FORMAT_VERSION)
 
 
-def _max_payload_bytes(max_elements: int) -> int:
+def max_payload_bytes(max_elements: int) -> int:
+    """The most bytes a valid payload of at most ``max_elements`` elements can take."""
     # Worst case per element is a sparse bits=32 entry: a 16-bit index and 4 value
     # bytes, plus per-chunk steps; 8 bytes per element bounds it, plus framing.
     return 8 * max_elements + MAX_TENSORS * (MAX_NAME_CHARS * 4 + 128) + MAX_META_BYTES + 1024
@@ -309,7 +312,7 @@ def _unpack(payload: bytes, max_elements: int) -> dict[str, Any]:
         raise ProtocolError(f"payload must be bytes, got {type(payload).__name__}")
     if isinstance(max_elements, bool) or not isinstance(max_elements, int) or max_elements < 0:
         raise ProtocolError(f"max_elements must be an int >= 0, got {max_elements!r}")
-    if len(payload) > _max_payload_bytes(max_elements):
+    if len(payload) > max_payload_bytes(max_elements):
         raise ProtocolError(f"payload of {len(payload)} bytes exceeds the limit for {max_elements} elements")
     try:
         doc = msgpack.unpackb(

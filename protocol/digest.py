@@ -39,9 +39,19 @@ def _field(data: bytes) -> bytes:
     return _u64(len(data)) + data
 
 
+def blob_hasher() -> "hashlib._Hash":
+    """An incremental :func:`blob_digest`, for bytes verified as they arrive."""
+    return hashlib.blake2b(digest_size=DIGEST_SIZE)
+
+
+def blob_digest(data: bytes) -> bytes:
+    """BLAKE2b-256 of bytes as they travel or lie on disk (payloads, state files)."""
+    return _blake2b_256(bytes(data))
+
+
 def update_digest(payload: bytes) -> bytes:
     """BLAKE2b-256 of an encoded update's bytes: the id its commitment carries."""
-    return _blake2b_256(bytes(payload))
+    return blob_digest(payload)
 
 
 def state_checksum(tensors: Mapping[str, torch.Tensor]) -> bytes:

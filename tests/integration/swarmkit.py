@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from swarmtrain.peer.config import preset
-from swarmtrain.peer.launch import PeerProcess, start_peer, stop_group
-from swarmtrain.peer.store import VersionCommit, VersionStore
-from swarmtrain.peer.tasks import load_task
-from swarmtrain.peer.trainer import evaluate_loss
+from swarmtrain.peer.app.launch import PeerProcess, start_peer, stop_group
+from swarmtrain.peer.store.versions import VersionCommit, VersionStore
+from swarmtrain.peer.training.tasks import load_task
+from swarmtrain.peer.training.trainer import evaluate_loss
 
 SMOKE = ["--preset", "smoke"]
 HIVEMIND_ADDRESS = re.compile(r"--initial_peers (/ip4/127\.0\.0\.1/\S+)")

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.integration]
 def test_demo_runs_a_local_swarm_and_its_final_view_shows_the_final_version(tmp_path: Path) -> None:
     env = {**os.environ, "COLUMNS": "200"}
     demo = subprocess.Popen(
-        [sys.executable, "-m", "swarmtrain.peer.cli", "demo", "--peers", "2", "--rounds", "2",
+        [sys.executable, "-m", "swarmtrain.peer.app.cli", "demo", "--peers", "2", "--rounds", "2",
          "--preset", "smoke", "--data-dir", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
     try:

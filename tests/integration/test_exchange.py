@@ -18,7 +18,7 @@ from hivemind import DHT
 from hivemind.p2p import P2P, PeerID
 from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
 
-from swarmtrain.peer.exchange import (
+from swarmtrain.peer.exchange.service import (
     BadResponse,
     BlobNotFound,
     BlobServer,
@@ -31,8 +31,8 @@ from swarmtrain.peer.exchange import (
     blob_digest,
     fetch_blob,
 )
-from swarmtrain.peer.exchange_client import ClientStats
-from swarmtrain.peer.exchange_streams import read_frame, write_frame
+from swarmtrain.peer.exchange.client import ClientStats
+from swarmtrain.peer.exchange.streams import read_frame, write_frame
 from swarmtrain.protocol.framing import (
     MAX_REQUEST_FRAME,
     MAX_RESPONSE_FRAME,

@@ -42,7 +42,7 @@ def test_plain_hivemind_bootstrap_honest_peers_agree_and_faults_are_rejected(tmp
         # status --json while the swarm runs: one snapshot from the records.
         swarm.wait_for_line("honest1", "round 0:", timeout=90)
         snapshot = subprocess.run(
-            [sys.executable, "-m", "swarmtrain.peer.cli", "status", "--swarm", "itest-a", "--json",
+            [sys.executable, "-m", "swarmtrain.peer.app.cli", "status", "--swarm", "itest-a", "--json",
              "--initial-peers", bootstrap], capture_output=True, text=True, timeout=60)
         assert snapshot.returncode == 0, snapshot.stderr
         status = json.loads(snapshot.stdout)

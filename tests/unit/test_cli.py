@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from swarmtrain.dht.schemas import ResultRecord
-from swarmtrain.peer.cli import main
+from swarmtrain.peer.app.cli import main
 from swarmtrain.peer.node import _config_diff
 from swarmtrain.peer.config import preset
-from swarmtrain.peer.sync import majority
+from swarmtrain.peer.round.sync import majority
 
 PEER = "QmXfzsrJ8n8o2gGqXbXvDJHnS6PNtEh5Evu7Wrqk1FNbAb"
 

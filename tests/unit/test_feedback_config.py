@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from swarmtrain.peer.config import CodecConfig, ConfigError, OuterConfig, SwarmConfig, preset
-from swarmtrain.peer.faults import FaultError, corrupt, corrupt_digest, validate_fault
-from swarmtrain.peer.feedback import ErrorFeedback, FeedbackStateError
+from swarmtrain.peer.training.faults import FaultError, corrupt, corrupt_digest, validate_fault
+from swarmtrain.peer.training.feedback import ErrorFeedback, FeedbackStateError
 
 
 def test_feedback_carries_what_was_not_sent() -> None:

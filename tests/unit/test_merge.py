@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from swarmtrain.peer.config import OuterConfig
-from swarmtrain.peer.merge import (AcceptedUpdate, MergeError, OuterOptimizer, apply_step, next_version,
+from swarmtrain.peer.round.merge import (AcceptedUpdate, MergeError, OuterOptimizer, apply_step, next_version,
                                    weighted_mean)
 
 

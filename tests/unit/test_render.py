@@ -6,10 +6,10 @@ import dataclasses
 
 from rich.console import Console
 
-from swarmtrain.peer.simulate import PeerOutcome, RoundReport
-from swarmtrain.peer.status import PeerStatus, SwarmSnapshot, render
-from swarmtrain.peer.store import Contribution, VersionCommit
-from swarmtrain.peer.terminal import render_history, render_round, render_summary
+from swarmtrain.peer.round.simulate import PeerOutcome, RoundReport
+from swarmtrain.peer.app.status import PeerStatus, SwarmSnapshot, render
+from swarmtrain.peer.store.versions import Contribution, VersionCommit
+from swarmtrain.peer.app.terminal import render_history, render_round, render_summary
 
 
 def _text(renderable: object, width: int = 120) -> str:
@@ -21,7 +21,8 @@ def _text(renderable: object, width: int = 120) -> str:
 def _peer(pid: str, version: str) -> PeerStatus:
     return PeerStatus(peer_id=pid, role="training", round=3, version=version, state_checksum="c" * 64,
                       last_val_loss=2.5, bytes_sent=2048, bytes_received=10, updates_accepted=3,
-                      updates_rejected=1, seconds_since_heartbeat=1.0, last_round_s=17.0)
+                      updates_rejected=1, seconds_since_heartbeat=1.0, last_round_s=17.0,
+                      utilisation=0.934, samples_per_s=411.6)
 
 
 def test_status_marks_peers_off_the_majority_version() -> None:
@@ -31,22 +32,24 @@ def test_status_marks_peers_off_the_majority_version() -> None:
     text = _text(render(snap))
     assert "round 3 (vote)" in text and "2 peer(s)" in text
     assert "version aaaaaaaaaaaa" in text  # the title names the majority version
-    assert "bbbbbbbbbb ≠" in text and "aaaaaaaaaa ≠" not in text
-    assert "2.0 KiB" in text and "2.500" in text and "3/1" in text
+    assert "bbbbbbbb ≠" in text and "aaaaaaaa ≠" not in text
+    assert "2.0K" in text and "2.500" in text and "3/1" in text
+    assert "93%" in text and " 412 " in text  # utilisation and samples/s
 
 
 def test_status_rows_fit_an_80_column_terminal_unwrapped() -> None:
     big = dataclasses.replace(_peer("QmWEcoHcsQwbE63aTEx4Pwz6e7g2uackPKXhRfgFWktpW3", "a" * 64),
                               role="training", round=12345, bytes_sent=1023 * 2**30, bytes_received=999 * 2**20,
-                              updates_accepted=1234, updates_rejected=567, last_val_loss=12.3456)
+                              updates_accepted=1234, updates_rejected=567, last_val_loss=12.3456,
+                              utilisation=1.0, samples_per_s=123456.7)
     snap = SwarmSnapshot(swarm="community-lm", task="stdlib-lm", round=12345, phase="train", version="a" * 64,
                          peers=(big, dataclasses.replace(big, peer_id="Qm" + "Z" * 44, version="b" * 64)),
                          taken_at=0.0)
     lines = _text(render(snap), width=80).splitlines()
     assert max(len(line) for line in lines) <= 80
-    rows = [line for line in lines if "QmWEcoHcsQ…" in line]
+    rows = [line for line in lines if "QmWEcoHc…" in line]
     assert len(rows) == 1  # one line per peer: nothing wrapped
-    for cell in ("training", "12345", "1023.0 GiB", "999.0 MiB", "12.346", "1234/567"):
+    for cell in ("training", "12345", "1023G", "999M", "12.346", "1234/567", "100%", "123457"):
         assert cell in rows[0], rows[0]
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from swarmtrain.dht import REASON_CHARS
 from swarmtrain.dht.schemas import MAX_DIGESTS_PER_RECORD
-from swarmtrain.peer.rounds import RoundTally, ballot
-from swarmtrain.peer.vote import Tally, Verdict, common_rejection, reject
+from swarmtrain.peer.round.decision import RoundDecision
+from swarmtrain.peer.round.engine import ballot
+from swarmtrain.peer.round.vote import Tally, Verdict, common_rejection, reject
 
 VOTER = "QmWEcoHcsQwbE63aTEx4Pwz6e7g2uackPKXhRfgFWktpW3"
 D1, D2, D3 = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
@@ -22,15 +23,16 @@ def test_common_rejection_counts_only_assigned_checkers_and_breaks_ties_alphabet
     assert common_rejection(reasons, checkers) == {D1: "digest mismatch", D2: "loss rose"}
 
 
-def _view() -> RoundTally:
-    return RoundTally(commits={}, authors={D1: "p1", D2: "p2", D3: "p3"},
-                      counts={D1: Tally(2, 0), D2: Tally(0, 2), D3: Tally(0, 1)},
-                      rejections={D2: "digest mismatch"})
+def _view() -> RoundDecision:
+    return RoundDecision(round=0, parent=b"\0" * 32, authors={D1: "p1", D2: "p2", D3: "p3"}, checkers={},
+                         counts={D1: Tally(2, 0), D2: Tally(0, 2), D3: Tally(0, 1)},
+                         rejections={D2: "digest mismatch"}, weights={D1: 1, D2: 1, D3: 1},
+                         accepted=(D1,), next_version=b"\1" * 32)
 
 
 def test_history_reason_prefers_my_own_then_the_checkers_then_the_tally() -> None:
     view = _view()
-    assert view.accepted == [D1]
+    assert view.accepted == (D1,) and view.rejected == (D2, D3)
     assert view.reason(D1, None) == "accepted"
     assert view.reason(D2, reject("norm 99 above 4x median 9")) == "norm 99 above 4x median 9"
     assert view.reason(D2, Verdict(True, "ok")) == "checkers: digest mismatch"  # outvoted

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from swarmtrain.peer.config import preset
-from swarmtrain.peer.faults import FAULT_MODES
-from swarmtrain.peer.simulate import Simulation
+from swarmtrain.peer.training.faults import FAULT_MODES
+from swarmtrain.peer.round.simulate import Simulation
 
 # Modes whose first round is honest by construction (nothing to replay / no older base yet).
 WARMUP_MODES = {"replay": 1, "stale-base": 1}

@@ -16,8 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
-from swarmtrain.peer import store_files
-from swarmtrain.peer.store import (
+from swarmtrain.peer.store import files as store_files
+from swarmtrain.peer.store.versions import (
     CommitFormatError,
     Contribution,
     StoreError,

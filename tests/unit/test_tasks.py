@@ -11,13 +11,13 @@ import torch
 from torch import nn
 
 from swarmtrain.peer.config import ModelConfig, SwarmConfig, TrainConfig, preset
-from swarmtrain.peer.tasks import BUILTIN_TASKS, Batch, Task, TaskError, load_task
-from swarmtrain.peer.tasks.model import build_byte_gpt
-from swarmtrain.peer.tasks.rng import derive_seed, make_generator, portable_normal
-from swarmtrain.peer.tasks.stdlib_lm import (
+from swarmtrain.peer.training.tasks import BUILTIN_TASKS, Batch, Task, TaskError, load_task
+from swarmtrain.peer.training.tasks.model import build_byte_gpt
+from swarmtrain.peer.training.tasks.rng import derive_seed, make_generator, portable_normal
+from swarmtrain.peer.training.tasks.stdlib_lm import (
     EXCLUDED_DIRS, StdlibLM, _windows, is_heldout, list_source_files, load_corpus, stdlib_root,
 )
-from swarmtrain.peer.tasks.synthetic import Synthetic
+from swarmtrain.peer.training.tasks.synthetic import Synthetic
 
 TINY = ModelConfig(layers=2, d_model=64, heads=4, context=64)
 

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from swarmtrain.peer.config import ModelConfig, SwarmConfig, TrainConfig
-from swarmtrain.peer.tasks import Batch, Task, TaskError, load_task
-from swarmtrain.peer.tasks.synthetic import Synthetic
-from swarmtrain.peer.localstate import tensors_from_bytes, tensors_to_bytes
-from swarmtrain.peer.trainer import (
+from swarmtrain.peer.training.tasks import Batch, Task, TaskError, load_task
+from swarmtrain.peer.training.tasks.synthetic import Synthetic
+from swarmtrain.peer.training.localstate import tensors_from_bytes, tensors_to_bytes
+from swarmtrain.peer.training.trainer import (
     DeviceError, LocalTrainer, OptimizerStateError, ParamsMismatchError, TrainReport, evaluate_loss,
     load_model_params, model_params, resolve_device,
 )

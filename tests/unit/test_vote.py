@@ -6,9 +6,10 @@ import math
 
 import torch
 
-from swarmtrain.peer.assignment import assignments, checkers_for, to_check
+from swarmtrain.peer.round.assignment import assignments, checkers_for, to_check
 from swarmtrain.peer.config import VoteConfig
-from swarmtrain.peer.vote import Tally, judge, median_norm, tally, update_norm
+from swarmtrain.peer.round.vote import Tally, judge, median_norm, tally
+from swarmtrain.peer.training.norms import update_norm
 
 TARGET = torch.tensor([1.0, -2.0, 3.0])
 

@@ -1,0 +1,1 @@
+"""The application: the command line, the local demo, process launch, status views."""

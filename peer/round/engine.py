@@ -1,0 +1,280 @@
+"""One round over the network: commit, check and vote, decide and merge, agree.
+
+The round's math is shared with the simulator (:mod:`.decision`, :mod:`.check`,
+:mod:`.merge`); this module adds the DHT records, the payload transfers and the phase
+deadlines. Training is not here: it runs on its own thread the whole time, and the
+update this round commits is the one the caller encoded from its snapshot at the
+commit point. A peer that cannot merge what the others merged (a payload it could not
+fetch, a different vote view) ends up in the minority at the agree step and downloads
+the majority's state (:mod:`.sync`).
+
+Each phase is a method of its own, so a test can drive several peers through a round
+in lockstep; :meth:`RoundEngine.play` runs them in order on the context's clock.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import math
+from dataclasses import dataclass
+
+from swarmtrain.dht import REASON_CHARS, CommitRecord, ResultRecord, ValidationError, VoteRecord
+from swarmtrain.dht import Verdict as VerdictRecord
+from swarmtrain.peer.config import max_samples
+from swarmtrain.peer.exchange.errors import DigestMismatch, FetchError
+from swarmtrain.peer.exchange.ring import ServedRing
+from swarmtrain.peer.round.check import Submission
+from swarmtrain.peer.round.clock import Phase
+from swarmtrain.peer.round.context import RoundContext, max_update_bytes
+from swarmtrain.peer.round.decision import Commitment, RoundDecision, Vote, checker_table, decide
+from swarmtrain.peer.round.merge import AcceptedUpdate, MergeError, next_version
+from swarmtrain.peer.round.state import ModelState
+from swarmtrain.peer.round.sync import StateSync
+from swarmtrain.peer.round.vote import Verdict
+from swarmtrain.peer.store.versions import Contribution
+from swarmtrain.peer.training.contribute import LocalUpdate
+from swarmtrain.protocol import ProtocolError, decode_update
+
+log = logging.getLogger(__name__)
+
+# Seconds kept free before a deadline for publishing (DHT stores take ~0.1-0.5 s here).
+PUBLISH_MARGIN_S = 0.8
+# Read the round's results this far into the agree phase (results are published at its start).
+AGREE_READ_SHARE = 0.6
+# Updates stay served this many rounds (a lagging peer may still fetch them).
+SERVED_UPDATES = 3
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    """What one round did on this peer (printed, and kept for tests)."""
+
+    round: int
+    version_id: str
+    state_checksum: str
+    accepted: int
+    rejected: int
+    mine_accepted: bool
+    validation_loss: float | None
+    bytes_sent: int
+    bytes_received: int
+    seconds: float
+    resynced: bool
+    steps: int
+
+    def line(self) -> str:
+        loss = "n/a" if self.validation_loss is None else f"{self.validation_loss:.4f}"
+        return (f"round {self.round}: version {self.version_id[:12]} accepted {self.accepted}, "
+                f"rejected {self.rejected} (mine {'accepted' if self.mine_accepted else 'rejected'}), "
+                f"val loss {loss}, {self.steps} steps, sent {self.bytes_sent / 1024:.1f} KiB, "
+                f"received {self.bytes_received / 1024:.1f} KiB, {self.seconds:.1f}s"
+                + (", resynced" if self.resynced else ""))
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """The version to train from next (V(r+1), or V(r) when the round could not be
+    resolved here) and what the round did."""
+
+    state: ModelState
+    summary: RoundSummary
+
+
+def commitments_of(commits: dict[str, CommitRecord]) -> dict[str, Commitment]:
+    return {peer: Commitment(peer, bytes.fromhex(c.digest), c.samples) for peer, c in commits.items()}
+
+
+class RoundEngine:
+    def __init__(self, ctx: RoundContext, sync: StateSync) -> None:
+        self.ctx = ctx
+        self.sync = sync
+        self.accepted = 0      # this peer's updates accepted / rejected so far
+        self.rejected = 0
+        self.last_round_s: float | None = None  # commit to adoption, last round (heartbeat)
+        self._payloads: dict[bytes, bytes] = {}  # digest -> payload, this round and last
+        self._seen: set[bytes] = set()           # digests of earlier rounds (replay check)
+        self._served = ServedRing(ctx.exchange, "update", keep=SERVED_UPDATES)
+        self.fetch_failures: dict[bytes, str] = {}
+
+    # --- the phases ------------------------------------------------------------------
+
+    def commit(self, r: int, update: LocalUpdate) -> None:
+        """Serve the payload under the committed digest and publish the commitment."""
+        key = update.committed_digest.hex()
+        self._served.add(key, update.payload)
+        self._payloads[update.committed_digest] = update.payload
+        self.ctx.records.publish_commit(r, CommitRecord(
+            peer_id=self.ctx.peer_id, digest=key, size=len(update.payload),
+            samples=max(1, update.samples), base_version=update.base_version.hex(),
+            train_loss=_finite(update.train_loss),
+        ))
+
+    def check_and_vote(self, r: int, state: ModelState, update: LocalUpdate) -> dict[bytes, Verdict]:
+        """After the commit deadline: fetch what this peer must check, check it, vote."""
+        ctx = self.ctx
+        commits = ctx.records.commits(r)
+        table = checker_table(r, commitments_of(commits), ctx.config.vote.checkers_per_update)
+        authors = {bytes.fromhex(c.digest): peer for peer, c in commits.items()}
+        mine = {d: authors[d] for d, who in table.items() if ctx.peer_id in who}
+        payloads = self._fetch_payloads(mine, state, ctx.phases.deadline(r, Phase.VOTE) - 2 * PUBLISH_MARGIN_S)
+        submissions = [Submission(authors[d], d, bytes.fromhex(commits[authors[d]].base_version),
+                                  commits[authors[d]].samples, payloads[d],
+                                  self.fetch_failures.get(d, "payload not downloaded")) for d in sorted(mine)]
+        # state.validation_loss, when known, is this checker's loss of these very params
+        # (measured at the merge that made them, on the same held-out batches).
+        verdicts = ctx.checker.check_round(state.params, state.version, submissions, seen=self._seen,
+                                           loss_before=state.validation_loss,
+                                           own_norms=[update.sent_norm], round_size=len(authors))
+        if verdicts:
+            ctx.records.publish_votes(r, ballot(ctx.peer_id, verdicts))
+        return verdicts
+
+    def decide(self, r: int, state: ModelState) -> tuple[RoundDecision, dict[str, CommitRecord]]:
+        """After the vote deadline: the round's decision from the records as read now."""
+        ctx = self.ctx
+        commits = ctx.records.commits(r)
+        ballots = {voter: {bytes.fromhex(d): Vote(v.accept, v.reason) for d, v in rec.votes.items()}
+                   for voter, rec in ctx.records.votes(r).items()}
+        decision = decide(r, state.version, commitments_of(commits), ballots,
+                          checkers_per_update=ctx.config.vote.checkers_per_update,
+                          max_samples=max_samples(ctx.config))
+        return decision, commits
+
+    def merge(self, r: int, state: ModelState, decision: RoundDecision, commits: dict[str, CommitRecord],
+              my_verdicts: dict[bytes, Verdict]) -> ModelState | None:
+        """Compute, save, serve and publish V(r+1); None when this peer cannot merge faithfully."""
+        ctx = self.ctx
+        accepted = decision.accepted
+        payloads = self._fetch_payloads({d: decision.authors[d] for d in accepted}, state,
+                                        ctx.phases.deadline(r, Phase.VOTE) + 0.5 * ctx.config.timing.agree_s)
+        updates: list[AcceptedUpdate] = []
+        for digest in accepted:
+            payload = payloads.get(digest)
+            if payload is None:
+                log.warning("accepted update %s could not be fetched: this peer will resync", digest.hex()[:12])
+                return None
+            try:
+                tensors = decode_update(payload, max_elements=sum(t.numel() for t in state.params.values()))
+            except ProtocolError as error:
+                log.warning("accepted update %s does not decode here (%s): this peer will resync",
+                            digest.hex()[:12], error)
+                return None
+            updates.append(AcceptedUpdate(digest, decision.weights[digest], tensors))
+        try:
+            result = next_version(state.params, state.version, updates, state.outer)
+        except MergeError as error:  # only a dishonest majority accepts such an update
+            log.warning("the accepted updates do not merge here (%s): this peer will resync", error)
+            return None
+        contributions = tuple(
+            Contribution(
+                peer_id=decision.authors[d], digest=d.hex(), samples=commits[decision.authors[d]].samples,
+                accepted=decision.is_accepted(d), votes_for=decision.counts[d].votes_for,
+                votes_against=decision.counts[d].votes_against,
+                loss_delta=my_verdicts[d].loss_delta if d in my_verdicts else None,
+                reason=decision.reason(d, my_verdicts.get(d)),
+            )
+            for d in sorted(decision.authors)
+        )
+        new = ModelState(params=result.params, outer=state.outer, version=result.version_id, round=r + 1,
+                         checksum=result.state_checksum, validation_loss=ctx.checker.loss(result.params))
+        new.save(ctx.store, new.commit_for(parent=state.version, produced_in=r, contributions=contributions))
+        self.sync.serve(new)
+        ctx.records.publish_result(r, ResultRecord(
+            peer_id=ctx.peer_id, version_id=new.version.hex(), state_checksum=new.checksum.hex(),
+            accepted=[d.hex() for d in result.accepted][:64],
+        ))
+        return new
+
+    # --- the whole round -------------------------------------------------------------
+
+    def play(self, r: int, state: ModelState, update: LocalUpdate) -> RoundResult:
+        """Round ``r`` from its commit point to the agreed next version."""
+        ctx = self.ctx
+        clock, phases = ctx.clock, ctx.phases
+        started = clock.time()
+        before = ctx.exchange.stats()
+        self.commit(r, update)
+        clock.sleep_until(phases.deadline(r, Phase.COMMIT))
+        verdicts = self.check_and_vote(r, state, update)
+        clock.sleep_until(phases.deadline(r, Phase.VOTE))
+        decision, commits = self.decide(r, state)
+        merged = self.merge(r, state, decision, commits, verdicts)
+        self._seen.update(decision.authors)
+        clock.sleep_until(phases.deadline(r, Phase.VOTE) + AGREE_READ_SHARE * ctx.config.timing.agree_s)
+        new, resynced = self.sync.agree(r, state, merged)
+
+        mine_accepted = decision.is_accepted(update.committed_digest)
+        self.accepted += int(mine_accepted)
+        self.rejected += int(not mine_accepted)
+        self.last_round_s = clock.time() - started
+        after = ctx.exchange.stats()
+        self._forget_old_payloads(keep=set(decision.authors))
+        summary = RoundSummary(
+            round=r, version_id=new.version.hex(), state_checksum=new.checksum.hex(),
+            accepted=len(decision.accepted), rejected=len(decision.rejected),
+            mine_accepted=mine_accepted, validation_loss=new.validation_loss,
+            bytes_sent=after.bytes_sent - before.bytes_sent,
+            bytes_received=after.bytes_received - before.bytes_received,
+            seconds=self.last_round_s, resynced=resynced, steps=update.steps,
+        )
+        return RoundResult(new, summary)
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def _fetch_payloads(self, wanted: dict[bytes, str], state: ModelState,
+                        deadline: float) -> dict[bytes, bytes | None]:
+        """Download ``{digest: author}`` in parallel, each bounded by ``deadline``.
+
+        A failed download maps to None; why it failed is kept in ``self.fetch_failures``.
+        """
+        clock, exchange = self.ctx.clock, self.ctx.exchange
+        max_size = max_update_bytes(state.params)
+        futures = {}
+        for digest, author in wanted.items():
+            if digest in self._payloads:
+                continue
+            futures[digest] = exchange.fetch_future(author, "update", digest.hex(), max_size=max_size,
+                                                    timeout=max(0.5, deadline - clock.time()))
+        out: dict[bytes, bytes | None] = {d: self._payloads.get(d) for d in wanted}
+        for digest, future in futures.items():
+            try:
+                out[digest] = future.result(timeout=max(0.5, deadline - clock.time()) + 1.0)
+                self._payloads[digest] = out[digest]  # type: ignore[assignment]
+            except (FetchError, concurrent.futures.TimeoutError) as error:
+                log.info("could not fetch update %s from %s: %s", digest.hex()[:12], wanted[digest], error)
+                out[digest] = None
+                self.fetch_failures[digest] = (
+                    "digest mismatch: served bytes differ from the commitment" if isinstance(error, DigestMismatch)
+                    else f"payload not downloaded ({type(error).__name__})")
+        return out
+
+    def _forget_old_payloads(self, keep: set[bytes]) -> None:
+        self._payloads = {d: p for d, p in self._payloads.items() if d in keep}
+        self.fetch_failures.clear()
+
+
+def ballot(voter: str, verdicts: dict[bytes, Verdict]) -> VoteRecord:
+    """This peer's signed-record form of its verdicts, with the reasons for rejections
+    shortened to fit; a ballot too big to carry reasons goes without them."""
+    def record(with_reasons: bool) -> VoteRecord:
+        return VoteRecord(voter=voter, votes={
+            d.hex(): VerdictRecord(accept=v.accept, loss_delta=_finite(v.loss_delta),
+                                   reason=_short_reason(v.reason) if with_reasons and not v.accept else "")
+            for d, v in verdicts.items()
+        })
+    try:
+        return record(with_reasons=True)
+    except ValidationError:
+        return record(with_reasons=False)
+
+
+def _short_reason(reason: str) -> str:
+    text = "".join(c if " " <= c <= "~" else "?" for c in reason)  # printable ASCII only
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 3] + "..."
+
+
+def _finite(value: float | None) -> float:
+    """DHT records carry finite floats only; a missing or non-finite value becomes 0."""
+    return value if value is not None and math.isfinite(value) else 0.0
+

@@ -1,0 +1,192 @@
+"""K virtual peers in one process running the whole round: train, encode, check, vote, merge.
+
+No network: payloads move as bytes in memory, but every step a real peer takes is here,
+through the same code (:mod:`contribute`, :mod:`check`, :mod:`vote`, :mod:`merge`), so
+the round's math can be measured and tested quickly. Peers take turns on the CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from swarmtrain.peer.config import SwarmConfig, max_samples
+from swarmtrain.peer.round.check import Checker, Submission
+from swarmtrain.peer.round.decision import Commitment, Vote, checker_table, decide
+from swarmtrain.peer.round.merge import AcceptedUpdate, next_version
+from swarmtrain.peer.round.state import genesis_state
+from swarmtrain.peer.training import faults
+from swarmtrain.peer.training.contribute import Contributor
+from swarmtrain.peer.training.progress import ProgressTracker
+from swarmtrain.peer.training.tasks import Task, load_task
+from swarmtrain.peer.training.trainer import LocalTrainer, evaluate_loss
+from swarmtrain.protocol import decode_update
+
+VALIDATION_SEED = 0x7E57  # the simulator's own yardstick, distinct from every voter's seed
+
+
+@dataclass(frozen=True)
+class PeerOutcome:
+    """What happened to one virtual peer's update in one round."""
+
+    peer: str
+    digest: str
+    accepted: bool
+    votes_for: int
+    votes_against: int
+    reason: str
+    payload_bytes: int
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    round: int
+    version_id: str
+    state_checksum: str
+    validation_loss: float
+    outcomes: tuple[PeerOutcome, ...]
+    seconds: float
+    fp32_bytes: int  # size of one dense fp32 update, for the compression ratio
+
+    @property
+    def accepted(self) -> int:
+        return sum(o.accepted for o in self.outcomes)
+
+    @property
+    def rejected(self) -> int:
+        return len(self.outcomes) - self.accepted
+
+    @property
+    def mean_payload_bytes(self) -> float:
+        sizes = [o.payload_bytes for o in self.outcomes]
+        return sum(sizes) / max(1, len(sizes))
+
+
+@dataclass
+class _VirtualPeer:
+    name: str
+    tracker: ProgressTracker
+    contributor: Contributor
+    checker: Checker
+    trains: bool
+
+
+class Simulation:
+    """A one-process swarm; ``fault`` makes the last peer misbehave in that mode.
+
+    Each round every peer takes ``inner_steps`` steps. ``overlap`` is the share of them
+    taken after the round's snapshot, while (on a real network) the round's checks,
+    votes and merge run: those steps start from the peer's own trajectory and are
+    carried onto the next version (:mod:`swarmtrain.peer.training.progress`). 0 is
+    classic DiLoCo, where every step of a round starts from its version.
+    """
+
+    def __init__(self, config: SwarmConfig, *, peers: int, fault: str | None = None,
+                 validation_batches: int = 8, task: Task | None = None,
+                 device: torch.device | str = "cpu", overlap: float = 0.0) -> None:
+        if peers < 1:
+            raise ValueError(f"--peers must be >= 1, got {peers}")
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        self.config = config
+        self.overlap = overlap
+        self.task = task if task is not None else load_task(config)
+        genesis = genesis_state(self.task, config)
+        self.params: dict[str, Tensor] = genesis.params
+        self.outer = genesis.outer
+        self.version = genesis.version
+        self._eval_model = self.task.build_model()
+        self._validation = self.task.heldout_batches(validation_batches, VALIDATION_SEED)
+        self.peers = []
+        for i in range(peers):
+            mode = fault if i == peers - 1 else None
+            trainer = LocalTrainer(self.task, config.train, stream_seed=i, device=device)
+            self.peers.append(_VirtualPeer(
+                name=f"peer{i}",
+                tracker=ProgressTracker(trainer, self.params, self.version),
+                contributor=Contributor(config, stream_seed=i, fault=mode),
+                checker=Checker(self.task, config, heldout_seed=1000 + i),
+                trains=faults.trains(mode),
+            ))
+        self.round = 0
+        self._seen: set[bytes] = set()
+
+    def validation_loss(self) -> float:
+        return evaluate_loss(self.task, self._eval_model, self._validation, params=self.params)
+
+    def _train(self, steps: int) -> None:
+        for peer in self.peers:
+            if peer.trains and steps:
+                peer.tracker.train(steps)
+
+    def run_round(self) -> RoundReport:
+        started = time.monotonic()
+        after = round(self.overlap * self.config.train.inner_steps)
+        self._train(self.config.train.inner_steps - after)
+        updates = {p.name: p.contributor.contribute(p.tracker.snapshot(), self.version) for p in self.peers}
+        self._train(after)  # on a network: while the round is checked, voted and merged
+        submissions = {
+            u.committed_digest: Submission(name, u.committed_digest, u.base_version, u.samples, u.payload)
+            for name, u in updates.items()
+        }
+        commitments = {name: Commitment(name, u.committed_digest, u.samples) for name, u in updates.items()}
+        checkers = checker_table(self.round, commitments, self.config.vote.checkers_per_update)
+        ballots: dict[str, dict[bytes, Vote]] = {}
+        for peer in self.peers:
+            mine = [submissions[d] for d, who in checkers.items() if peer.name in who]
+            verdicts = peer.checker.check_round(
+                self.params, self.version, mine, seen=self._seen,
+                own_norms=[updates[peer.name].sent_norm], round_size=len(updates),
+            )
+            ballots[peer.name] = {d: Vote(v.accept, v.reason) for d, v in verdicts.items()}
+        decision = decide(self.round, self.version, commitments, ballots,
+                          checkers_per_update=self.config.vote.checkers_per_update,
+                          max_samples=max_samples(self.config))
+        accepted = [AcceptedUpdate(d, decision.weights[d], decode_update(submissions[d].payload or b""))
+                    for d in decision.accepted]
+        result = next_version(self.params, self.version, accepted, self.outer)
+        self._seen.update(decision.authors)
+        self.params, self.version = result.params, result.version_id
+        for peer in self.peers:
+            peer.tracker.rebase(self.params, self.version)
+        outcomes = tuple(
+            PeerOutcome(
+                peer=name, digest=u.committed_digest.hex()[:12],
+                accepted=decision.is_accepted(u.committed_digest),
+                votes_for=decision.counts[u.committed_digest].votes_for,
+                votes_against=decision.counts[u.committed_digest].votes_against,
+                reason=_reason(ballots, u.committed_digest, decision.is_accepted(u.committed_digest)),
+                payload_bytes=len(u.payload),
+            )
+            for name, u in updates.items()
+        )
+        report = RoundReport(
+            round=self.round, version_id=self.version.hex(), state_checksum=result.state_checksum.hex(),
+            validation_loss=self.validation_loss(), outcomes=outcomes,
+            seconds=time.monotonic() - started,
+            fp32_bytes=4 * sum(t.numel() for t in self.params.values()),
+        )
+        self.round += 1
+        return report
+
+    def run(self, rounds: int, on_round: Callable[[RoundReport], None] | None = None) -> list[RoundReport]:
+        reports = []
+        for _ in range(rounds):
+            report = self.run_round()
+            reports.append(report)
+            if on_round is not None:
+                on_round(report)
+        return reports
+
+
+def _reason(ballots: dict[str, dict[bytes, Vote]], digest: bytes, accepted: bool) -> str:
+    """The most common reason among the checkers that agreed with the outcome."""
+    votes = [b[digest] for b in ballots.values() if digest in b]
+    agreeing = [v.reason for v in votes if v.accept == accepted]
+    if not agreeing:
+        return "no votes" if not votes else "split"
+    return max(sorted(set(agreeing)), key=agreeing.count)

@@ -1,0 +1,252 @@
+"""The inner loop of DiLoCo: local AdamW steps on this peer's copy of the model.
+
+A round starts from the swarm's version V(r): :meth:`LocalTrainer.load_params` copies it
+into the model in place, so the Parameter objects (and the AdamW state keyed by them)
+survive; DiLoCo keeps the inner optimizer state across rounds. :func:`evaluate_loss` is
+what a checker uses to score V(r) and V(r) plus one update on its held-out batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from swarmtrain.peer.config import TrainConfig
+from swarmtrain.peer.training.localstate import LocalStateError, tensors_from_bytes, tensors_to_bytes
+from swarmtrain.peer.training.tasks import Batch, Task, TaskError
+
+
+class ParamsMismatchError(ValueError):
+    """A parameter mapping does not fit the model (names or shapes differ)."""
+
+
+class OptimizerStateError(LocalStateError):
+    """Saved inner-optimizer state does not fit this model; the peer starts AdamW afresh."""
+
+
+# AdamW's per-parameter state, as torch keeps it (step is a 0-d float tensor).
+_ADAM_KEYS = ("step", "exp_avg", "exp_avg_sq")
+
+
+class DeviceError(ValueError):
+    """The requested training device does not exist here."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when torch sees a GPU, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Only the inner steps run there: merges, checksums and votes stay on the CPU in fp32,
+    where every peer computes them the same way.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise DeviceError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from error
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise DeviceError(f"--device {name!r}: only cpu and cuda are supported")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"--device {name!r}: this torch ({torch.__version__}) sees no CUDA GPU; "
+                          "install a CUDA build of torch, or use --device cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"--device {name!r}: there are {torch.cuda.device_count()} CUDA device(s), "
+                          f"numbered from 0")
+    return device
+
+
+def model_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached fp32 CPU copies of the parameters, keyed by ``named_parameters()`` names.
+
+    ``named_parameters`` lists a tied (shared) parameter once, under its first name.
+    """
+    return {name: p.detach().to(device="cpu", dtype=torch.float32, copy=True)
+            for name, p in model.named_parameters()}
+
+
+def load_model_params(model: nn.Module, params: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``params`` into the model's parameters in place (keeps Parameter identity).
+
+    Raises :class:`ParamsMismatchError` before changing anything if the names or shapes
+    differ, so a bad mapping never leaves the model half-loaded.
+    """
+    own = dict(model.named_parameters())
+    missing, unexpected = sorted(own.keys() - params.keys()), sorted(params.keys() - own.keys())
+    if missing or unexpected:
+        raise ParamsMismatchError(f"parameters do not match the model: missing {missing[:5]}"
+                                  f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                                  f"{'...' if len(unexpected) > 5 else ''}; "
+                                  "were they made for another task or model config?")
+    wrong = [f"{n}: {tuple(params[n].shape)} != {tuple(p.shape)}" for n, p in own.items()
+             if params[n].shape != p.shape]
+    if wrong:
+        raise ParamsMismatchError(f"parameter shapes do not match the model: {wrong[:5]}; "
+                                  "were they made for another model config?")
+    with torch.no_grad():
+        for name, p in own.items():
+            p.copy_(params[name])
+
+
+def evaluate_loss(task: Task, model: nn.Module, batches: Sequence[Batch],
+                  params: Mapping[str, torch.Tensor] | None = None) -> float:
+    """Mean of ``task.loss`` over ``batches`` in eval mode without gradients.
+
+    With ``params``, they are first loaded into ``model`` (in place, so the model keeps
+    them afterwards). The model's train/eval mode is restored on return.
+    """
+    if not batches:
+        raise ValueError("evaluate_loss needs at least one batch; ask task.heldout_batches for count >= 1")
+    if params is not None:
+        load_model_params(model, params)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            # Sum in float64 so the mean does not depend on float32 rounding order.
+            total = sum(float(task.loss(model, batch)) for batch in batches)
+    finally:
+        model.train(was_training)
+    return total / len(batches)
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What one :meth:`LocalTrainer.run` did.
+
+    ``steps`` counts optimizer steps taken; ``skipped`` counts batches whose loss or
+    gradient was not finite (no step taken, optimizer state untouched). ``mean_loss`` is
+    over the taken steps (NaN when none).
+    """
+
+    steps: int
+    samples: int
+    mean_loss: float
+    seconds: float
+    skipped: int = 0
+
+
+def _batch_size(batch: Batch) -> int:
+    return int(batch[0].shape[0]) if batch and batch[0].dim() > 0 else 1
+
+
+class LocalTrainer:
+    """This peer's model copy, its AdamW inner optimizer and its training stream."""
+
+    def __init__(self, task: Task, config: TrainConfig, *, stream_seed: int,
+                 model: nn.Module | None = None, device: torch.device | str = "cpu") -> None:
+        self.task = task
+        self.config = config
+        self.device = torch.device(device)
+        self.model = (task.build_model() if model is None else model).to(self.device)
+        self.model.train()
+        self.optimizer = torch.optim.AdamW(
+            self._param_groups(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+        self._batches: Iterator[Batch] = task.train_batches(stream_seed)
+
+    def _param_groups(self) -> list[dict[str, object]]:
+        # Decay only matrices: pulling LayerNorm gains and biases toward zero hurts and
+        # regularises nothing (the usual transformer practice).
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups: list[dict[str, object]] = [
+            {"params": [p for p in params if p.dim() >= 2]},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        return [g for g in groups if g["params"]]
+
+    def _next_batch(self) -> Batch:
+        try:
+            batch = next(self._batches)
+        except StopIteration:
+            raise TaskError(f"task {self.task.name!r}: train_batches() ran out of batches; it must "
+                            "yield forever (loop over the data, reshuffling each epoch)") from None
+        if self.device.type == "cpu":
+            return batch
+        return tuple(t.to(self.device, non_blocking=True) for t in batch)
+
+    def load_params(self, params: Mapping[str, torch.Tensor]) -> None:
+        """Start from the round's version: copy it into the model, keep the optimizer state."""
+        load_model_params(self.model, params)
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """Detached fp32 clones of the current parameters (see :func:`model_params`)."""
+        return model_params(self.model)
+
+    def optimizer_bytes(self) -> bytes:
+        """AdamW's moments and step counts as ``"<key>/<param name>"`` safetensors bytes."""
+        state: dict[str, torch.Tensor] = {}
+        for name, p in self.model.named_parameters():
+            for key, value in self.optimizer.state.get(p, {}).items():
+                if key in _ADAM_KEYS:
+                    state[f"{key}/{name}"] = value.detach().cpu()
+        return tensors_to_bytes(state)
+
+    def load_optimizer_bytes(self, data: bytes) -> None:
+        """Restore what :meth:`optimizer_bytes` saved; nothing changes unless all of it fits."""
+        try:
+            saved = tensors_from_bytes(data, "inner-optimizer state")
+        except LocalStateError as error:
+            raise OptimizerStateError(str(error)) from error
+        params = dict(self.model.named_parameters())
+        restored: dict[torch.nn.Parameter, dict[str, torch.Tensor]] = {}
+        for entry, value in saved.items():
+            key, _, name = entry.partition("/")
+            if key not in _ADAM_KEYS or name not in params:
+                raise OptimizerStateError(f"saved inner-optimizer state has {entry!r}, which this model lacks")
+            want = torch.Size([]) if key == "step" else params[name].shape
+            if value.shape != want:
+                raise OptimizerStateError(f"saved inner-optimizer state {entry!r} has shape "
+                                          f"{tuple(value.shape)}, the model needs {tuple(want)}")
+            # torch keeps AdamW's step on the CPU unless capturable; the moments go with the params.
+            where = torch.device("cpu") if key == "step" else self.device
+            restored.setdefault(params[name], {})[key] = value.to(device=where, dtype=torch.float32, copy=True)
+        incomplete = [n for n, p in params.items() if p in restored and len(restored[p]) != len(_ADAM_KEYS)]
+        if incomplete:
+            raise OptimizerStateError(f"saved inner-optimizer state is incomplete for {incomplete[:3]}")
+        for p, state in restored.items():
+            self.optimizer.state[p] = state
+
+    def run(self, steps: int, deadline: float | None = None) -> TrainReport:
+        """Run up to ``steps`` inner steps; stop early rather than pass ``deadline``.
+
+        ``deadline`` is a :func:`time.monotonic` time. A step is not started when the
+        mean step time so far says it would end after the deadline, so the round's
+        commit phase is not delayed by the last step.
+        """
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        model, opt, clip = self.model, self.optimizer, self.config.grad_clip
+        model.train()
+        start = time.monotonic()
+        taken = skipped = samples = 0
+        loss_sum = 0.0
+        for attempt in range(steps):
+            if deadline is not None:
+                now = time.monotonic()
+                per_step = (now - start) / attempt if attempt else 0.0
+                if now + per_step > deadline:
+                    break
+            batch = self._next_batch()
+            opt.zero_grad(set_to_none=True)
+            loss = self.task.loss(model, batch)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            loss_value = float(loss.detach())
+            if not (math.isfinite(loss_value) and math.isfinite(float(grad_norm))):
+                # One bad batch must not poison AdamW's moments for every later round.
+                opt.zero_grad(set_to_none=True)
+                skipped += 1
+                continue
+            opt.step()
+            taken += 1
+            samples += _batch_size(batch)
+            loss_sum += loss_value
+        return TrainReport(steps=taken, samples=samples,
+                           mean_loss=loss_sum / taken if taken else math.nan,
+                           seconds=time.monotonic() - start, skipped=skipped)

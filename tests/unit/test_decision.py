@@ -1,0 +1,66 @@
+"""The round's pure decision: the same inputs give the same verdict on every peer."""
+
+from __future__ import annotations
+
+from swarmtrain.peer.round.decision import Commitment, Vote, checker_table, decide
+from swarmtrain.protocol import version_id
+
+PARENT = b"\x07" * 32
+PEERS = ["p1", "p2", "p3", "p4"]
+
+
+def _commits(samples: dict[str, int] | None = None) -> dict[str, Commitment]:
+    return {p: Commitment(p, bytes([i + 1]) * 32, (samples or {}).get(p, 100)) for i, p in enumerate(PEERS)}
+
+
+def _decide(commits: dict[str, Commitment], ballots: dict[str, dict[bytes, Vote]], k: int = 2):  # type: ignore[no-untyped-def]
+    return decide(3, PARENT, commits, ballots, checkers_per_update=k, max_samples=500)
+
+
+def _all_vote(commits: dict[str, Commitment], accept: dict[bytes, bool], k: int = 2) -> dict[str, dict[bytes, Vote]]:
+    table = checker_table(3, commits, k)
+    return {voter: {d: Vote(accept[d], "" if accept[d] else "loss rose") for d, who in table.items() if voter in who}
+            for voter in commits}
+
+
+def test_majority_of_assigned_checkers_decides_and_the_version_follows() -> None:
+    commits = _commits()
+    bad = commits["p4"].digest
+    decision = _decide(commits, _all_vote(commits, {c.digest: c.digest != bad for c in commits.values()}))
+    assert decision.accepted == tuple(sorted(c.digest for p, c in commits.items() if p != "p4"))
+    assert decision.rejected == (bad,)
+    assert decision.reason(bad) == "checkers: loss rose"
+    assert decision.next_version == version_id(PARENT, decision.accepted)
+    assert all(len(who) == 2 and commits[decision.authors[d]].author not in who for d, who in decision.checkers.items())
+
+
+def test_votes_of_unassigned_peers_are_ignored() -> None:
+    commits = _commits()
+    target = commits["p1"].digest
+    ballots = _all_vote(commits, {c.digest: True for c in commits.values()})
+    outsiders = [p for p in PEERS if p not in checker_table(3, commits, 2)[target] and p != "p1"]
+    for p in outsiders:
+        ballots[p][target] = Vote(False, "stuffed")
+    assert _decide(commits, ballots).is_accepted(target)
+
+
+def test_a_lone_committer_is_accepted_without_votes_and_nothing_else_is() -> None:
+    lone = {"p1": Commitment("p1", b"\x01" * 32, 10)}
+    assert _decide(lone, {}).accepted == (b"\x01" * 32,)
+    assert _decide(_commits(), {}).accepted == ()  # several committers, nobody voted: nothing
+
+
+def test_merge_weights_are_capped_claims() -> None:
+    commits = _commits({"p1": 10**9, "p2": 0, "p3": 250})
+    weights = _decide(commits, {}).weights
+    assert weights[commits["p1"].digest] == 500  # capped
+    assert weights[commits["p2"].digest] == 1    # at least one sample
+    assert weights[commits["p3"].digest] == 250
+
+
+def test_the_decision_does_not_depend_on_the_order_records_were_read_in() -> None:
+    commits = _commits()
+    ballots = _all_vote(commits, {c.digest: c.author != "p2" for c in commits.values()})
+    a = _decide(commits, ballots)
+    b = _decide(dict(reversed(list(commits.items()))), dict(reversed(list(ballots.items()))))
+    assert a == b
