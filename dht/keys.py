@@ -1,6 +1,7 @@
 """Swarm names and the DHT keys of a swarm's records.
 
-Every key starts with ``swarmtrain/<swarm>/`` (DESIGN.md, "DHT records"). hivemind hashes a
+Every key starts with ``swarmtrain/<swarm>/`` (one namespace per swarm, so
+swarms sharing a DHT never read each other's records). hivemind hashes a
 key before any validator sees it, so this module also gives the hashed id of each key
 (:func:`key_id`): validators recognise our records by those ids, never by the text.
 """

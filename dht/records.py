@@ -83,7 +83,7 @@ class SwarmRecords:
 
     Calls block until the DHT process answers (at most ``timeout`` seconds, else
     DHTTimeoutError). ``publish_*`` return hivemind's store flag, which only says that some
-    replica accepted the entry (HIVEMIND-NOTES.md); read back to be sure.
+    replica accepted the entry (docs/hivemind.md); read back to be sure.
     """
 
     def __init__(
@@ -256,7 +256,7 @@ class SwarmRecords:
 
     def _next_expiration(self, key: str, ttl: float) -> float:
         # A store with an earlier expiration than the live entry's is refused *and* deletes
-        # the live entry at that earlier time (HIVEMIND-NOTES.md): never go backwards, even
+        # the live entry at that earlier time (docs/hivemind.md): never go backwards, even
         # if the clock does or the TTL shrinks.
         now = get_dht_time()
         expiration = max(now + ttl, self._last_expiration.get(key, 0.0) + 1e-3)

@@ -2,7 +2,7 @@
 
 Every record is read from untrusted peers, so the models are strict (no type coercion
 beyond int -> float), forbid unknown fields, and cap every size: a DHT call whose pickled
-arguments pass ~16 KiB can kill hivemind's DHT process (HIVEMIND-NOTES.md), so each
+arguments pass ~16 KiB can kill hivemind's DHT process (docs/hivemind.md), so each
 record's msgpack form is capped at :data:`MAX_RECORD_BYTES`, well below that. Bytes
 (updates, states) never go in the DHT; they move over p2p streams.
 

@@ -10,7 +10,7 @@ stores and relays other applications' records.
 For our keys it refuses, on store and on every read from another node:
 
 - a plain (non-dictionary) value: stored with a later expiration it would replace the
-  whole dictionary of per-peer entries on every node (HIVEMIND-NOTES.md);
+  whole dictionary of per-peer entries on every node (docs/hivemind.md);
 - a subkey that is not exactly one ``[owner:ssh-rsa ...]`` marker (bytes), so an identity
   owns at most one entry per key;
 - a value that does not decode, fails the family's schema, or names a peer id other than

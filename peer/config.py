@@ -42,7 +42,12 @@ class ModelConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Inner optimisation (DiLoCo inner loop: AdamW)."""
+    """Inner optimisation (DiLoCo inner loop: AdamW).
+
+    ``inner_steps`` is H, the most inner steps a peer takes per round: a networked peer
+    trains as fast as its hardware allows and waits at H for the next commit point; the
+    simulator takes exactly H. It also caps a claim's merge weight (H x batch samples).
+    """
 
     batch_size: int = 16
     inner_steps: int = 200
@@ -87,9 +92,9 @@ class OuterConfig:
 
     ``nesterov``: DiLoCo's Nesterov SGD, for uncompressed updates. ``sparseloco``: the
     error-feedback buffer decays by ``ef_decay`` and acts as the momentum; the outer step
-    is a plain average times ``lr`` (error feedback plus Nesterov diverged in
-    MEASUREMENTS.md, so the two are not combined). Uncompressed DiLoCo uses
-    ``kind="nesterov", lr=0.7, momentum=0.9`` (``swarmtrain ... --uncompressed``).
+    is a plain average times ``lr`` (error feedback plus Nesterov momentum diverged:
+    held-out loss 16.8 at 8 bits and 55 at 2 bits, so the two are not combined).
+    ``kind="nesterov", lr=1.0, momentum=0.0`` is the plain mean (:data:`AVERAGE`).
     """
 
     kind: Literal["nesterov", "sparseloco"] = "sparseloco"
@@ -175,7 +180,7 @@ class SwarmConfig:
         _check(bool(self.task), "task must be a built-in name or 'module:function'")
         _check(0 <= self.seed < 2**63, f"seed must be in [0, 2^63), got {self.seed}")
         _check(not (self.codec.compressed and self.outer.kind == "nesterov" and self.outer.ef_decay > 0),
-               "outer.kind='nesterov' with a compressing codec diverges (MEASUREMENTS.md): "
+               "outer.kind='nesterov' with a compressing codec diverges (error feedback is already a momentum): "
                "use outer.kind='sparseloco', or codec density=1.0 bits=32, or outer.ef_decay=0")
 
     def to_dict(self) -> dict[str, Any]:
@@ -214,28 +219,42 @@ def max_samples(config: SwarmConfig) -> int:
     return config.train.inner_steps * config.train.batch_size
 
 
+# Dense fp32 updates, merged by their plain mean (outer lr 1, no momentum): what converged
+# best at the 100-400 inner steps a round that CPU peers take in these presets' windows.
+# Top-k compression needs few steps per round: at H=100 the 1.5 % / 2-bit SparseLoCo step
+# ended at 3.49 (lr 1) and 3.86 (lr 2) against 1.77 dense (K=4, 900 steps each;
+# docs/decisions.md has the sweep).
+DENSE = CodecConfig(density=1.0, bits=32)
+AVERAGE = OuterConfig(kind="nesterov", lr=1.0, momentum=0.0, ef_decay=0.0)
+
+
 def preset(name: str) -> SwarmConfig:
-    """Named presets. ``smoke``: seconds-long rounds for tests; ``demo``: a few minutes on a laptop."""
+    """Named presets. ``smoke``: seconds-long rounds for tests; ``demo``: a few minutes on a laptop.
+
+    ``inner_steps`` caps a round's steps well above what a peer does here in a window
+    (about 170 in the demo, 3 peers on 2 cores), so peers train all the time.
+    """
     if name == "smoke":
         return SwarmConfig(
-            train=TrainConfig(batch_size=8, inner_steps=60),
-            codec=CodecConfig(density=0.05, bits=2),
+            train=TrainConfig(batch_size=8, inner_steps=4000),
+            codec=DENSE, outer=AVERAGE,
             vote=VoteConfig(heldout_batches=2),
-            timing=RoundTiming(train_s=12.0, commit_s=3.0, vote_s=5.0, agree_s=3.0),
+            timing=RoundTiming(train_s=12.0, commit_s=2.5, vote_s=4.0, agree_s=2.5),
         )
     if name == "demo":
+        # A commit point every 12 s; the round's own merge is ready 3.5 s after it, so
+        # about a third of each window is trained on the previous version and carried
+        # over (that delay cost more than a longer window in docs/decisions.md's sweep).
         return SwarmConfig(
-            # H=60 with short phases: at H=300 the SparseLoCo step (lr 2.0) was unstable
-            # (loss rose after round 3); at H=60, 12 rounds took 3 peers from 5.5 to 2.4.
-            train=TrainConfig(batch_size=16, inner_steps=60),
-            codec=CodecConfig(density=0.015, bits=2),
-            timing=RoundTiming(train_s=9.0, commit_s=2.0, vote_s=4.0, agree_s=2.0),
+            train=TrainConfig(batch_size=16, inner_steps=600),
+            codec=DENSE, outer=AVERAGE,
+            timing=RoundTiming(train_s=12.0, commit_s=1.0, vote_s=2.5, agree_s=2.0),
         )
     if name == "small":
         return SwarmConfig(
             model=ModelConfig(layers=4, d_model=128, heads=4, context=128),
-            train=TrainConfig(batch_size=16, inner_steps=100),
-            codec=CodecConfig(density=0.015, bits=2),
+            train=TrainConfig(batch_size=16, inner_steps=400),
+            codec=DENSE, outer=AVERAGE,
             timing=RoundTiming(train_s=30.0, commit_s=5.0, vote_s=15.0, agree_s=5.0),
         )
     raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")

@@ -32,7 +32,7 @@ from swarmtrain.peer.store.versions import StoreError, VersionStore
 from swarmtrain.peer.training import faults
 from swarmtrain.peer.training.contribute import Contributor
 from swarmtrain.peer.training.localstate import LocalStateError
-from swarmtrain.peer.training.progress import ProgressTracker
+from swarmtrain.peer.training.progress import ProgressTracker, carries_progress
 from swarmtrain.peer.training.tasks import load_task
 from swarmtrain.peer.training.trainer import LocalTrainer, resolve_device
 from swarmtrain.peer.training.worker import TrainingWorker
@@ -260,10 +260,15 @@ class Node:
         for address in self.addresses:
             self.options.announce(f"join with: --initial-peers {address}")
         clock, phases = self.options.clock, self.phases
-        # Catch up before training starts, so no step is taken on a version already left behind.
+        # Training starts when round 0's window opens (a new swarm's start delay is for
+        # peers to gather, not a longer round 0), and after catching up, so no step is
+        # taken on a version already left behind.
+        if clock.time() < phases.round_start(0):
+            self.heartbeat(role="waiting")
+            clock.sleep_until(phases.round_start(0))
         self.state = self._caught_up(phases.training_round(clock.time()))
         self.worker = TrainingWorker(ProgressTracker(self.trainer, self.state.params, self.state.version),
-                                     trains=faults.trains(self.options.fault))
+                                     max_steps=self.config.train.inner_steps, trains=faults.trains(self.options.fault))
         self.worker.start()
         joined = clock.time()
         summaries: list[RoundSummary] = []
@@ -274,7 +279,9 @@ class Node:
                     self._adopt(self._caught_up(r))
                 commit_at = phases.deadline(r, Phase.TRAIN) - PUBLISH_MARGIN_S
                 first_window = phases.deadline(r, Phase.TRAIN) - max(joined, phases.round_start(r))
-                if (self.state.round != r or clock.time() >= commit_at
+                # A round that overran into this one's margin still commits, late, before the
+                # commit point itself (others read commitments a phase after it).
+                if (self.state.round != r or clock.time() >= phases.deadline(r, Phase.TRAIN)
                         or (not summaries and first_window < MIN_TRAIN_SHARE * self.config.timing.train_s)):
                     self.heartbeat(role="waiting")  # training goes on; its progress is carried over
                     clock.sleep_until(phases.deadline(r, Phase.TRAIN))
@@ -283,7 +290,7 @@ class Node:
                 clock.sleep_until(commit_at)
                 update = self.contributor.contribute(self.worker.snapshot(), self.state.version)
                 try:
-                    result = self.engine.play(r, self.state, update)
+                    result = self.engine.play(r, self.state, update, on_merged=self._adopt)
                 except DHTTimeoutError as error:
                     # A slow DHT costs this round, not the peer: catch up at the next one.
                     self.options.announce(f"round {r}: the DHT did not answer in time ({error}); "
@@ -295,6 +302,10 @@ class Node:
                 self._save_local_state()
                 self.options.announce(result.summary.line())
                 self.heartbeat(role="training")
+            stats = self.worker.stats()
+            self.options.announce(
+                f"trained {stats.steps} steps in {stats.wall_seconds:.1f}s "
+                f"(utilisation {stats.utilisation:.1%}, {stats.samples_per_second:.1f} samples/s)")
             self.heartbeat(role="leaving")
             time.sleep(self.options.linger_s)
         finally:
@@ -314,15 +325,22 @@ class Node:
 
     def _adopt(self, state: ModelState) -> None:
         """Go on from ``state``; the training thread carries its recent progress onto it
-        when it is the direct successor of the version that progress was measured from."""
+        when it is next to the version that progress was measured from: its direct
+        successor, a sibling (the majority's V(r+1) after this peer's own), or its parent
+        (back to V(r) when the agree step could not be resolved)."""
         assert self.worker is not None and self.store is not None
         if state.version != self.state.version:
-            try:
-                parent = self.store.commit(state.version.hex()).parent_id
-            except StoreError:
-                parent = None
-            self.worker.rebase(state.params, state.version, carry=parent == self.state.version.hex())
+            carry = carries_progress(new=state.version.hex(), new_parent=self._parent(state.version),
+                                     held=self.state.version.hex(), held_parent=self._parent(self.state.version))
+            self.worker.rebase(state.params, state.version, carry=carry)
         self.state = state
+
+    def _parent(self, version: bytes) -> str | None:
+        assert self.store is not None
+        try:
+            return self.store.commit(version.hex()).parent_id
+        except StoreError:
+            return None
 
     def heartbeat(self, role: str) -> None:
         """Publish this peer's status record (what ``swarmtrain status`` shows)."""

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from swarmtrain.peer.config import PRESETS, CodecConfig, ConfigError, SwarmConfig, preset
+from swarmtrain.peer.config import AVERAGE, DENSE, PRESETS, ConfigError, OuterConfig, SwarmConfig, preset
 from swarmtrain.peer.training.faults import FAULT_MODES, FaultError
 from swarmtrain.peer.training.tasks.base import TaskError
 
@@ -66,9 +66,9 @@ def _add_swarm_options(parser: argparse.ArgumentParser) -> None:
                         help="smoke: tiny and fast, for checks; demo: a few minutes; small: a bigger model")
     parser.add_argument("--density", type=float, default=None, help="top-k density per chunk, (0, 1]")
     parser.add_argument("--bits", type=int, default=None, help="value bits: 2, 4, 8 or 32")
-    parser.add_argument("--inner-steps", type=_positive_int, default=None, help="local AdamW steps per round")
+    parser.add_argument("--inner-steps", type=_positive_int, default=None, help="the most local AdamW steps per round (H)")
     parser.add_argument("--uncompressed", action="store_true",
-                        help="send dense fp32 updates and use DiLoCo's Nesterov outer step")
+                        help="send dense fp32 updates merged by their plain mean (the presets' default)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the initial model and data")
 
 
@@ -82,14 +82,17 @@ def swarm_config_from_args(args: argparse.Namespace, default_preset: str) -> Swa
     if args.inner_steps is not None:
         config = config.replace(train=dataclasses.replace(config.train, inner_steps=args.inner_steps))
     if args.uncompressed:
-        config = config.replace(codec=CodecConfig(density=1.0, bits=32, chunk=config.codec.chunk),
-                                outer=dataclasses.replace(config.outer, kind="nesterov", lr=0.7, momentum=0.9))
+        config = config.replace(codec=dataclasses.replace(DENSE, chunk=config.codec.chunk), outer=AVERAGE)
     if args.density is not None or args.bits is not None:
         config = config.replace(codec=dataclasses.replace(
             config.codec,
             density=config.codec.density if args.density is None else args.density,
             bits=config.codec.bits if args.bits is None else args.bits,
         ))
+        if config.codec.compressed and config.outer == AVERAGE:
+            # A compressing codec needs error feedback, and the SparseLoCo step that
+            # uses it as momentum (a plain mean of top-k updates drops what they leave).
+            config = config.replace(outer=OuterConfig())
     return config
 
 

@@ -1,7 +1,7 @@
 """Starting and ending local peer processes (``swarmtrain demo`` and the integration tests).
 
 Each peer runs ``swarmtrain join`` in its own process group (``start_new_session``), so
-ending the group also ends its DHT child and p2pd daemon (HIVEMIND-NOTES.md: killing only
+ending the group also ends its DHT child and p2pd daemon (docs/hivemind.md: killing only
 the main process leaves them running, and a restart then fails with "identity taken").
 """
 

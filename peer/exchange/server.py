@@ -3,7 +3,7 @@
 :class:`BlobStore` is the bounded in-memory table of what this peer offers;
 :class:`BlobServer` answers blob protocol requests (swarmtrain.protocol.framing) from it.
 The server never lets an exception escape its stream handler: hivemind would turn it
-into a bare IncompleteReadError on the caller's side (HIVEMIND-NOTES.md), so every
+into a bare IncompleteReadError on the caller's side (docs/hivemind.md), so every
 refusal is an explicit error frame the caller can act on.
 """
 

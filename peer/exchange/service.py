@@ -73,7 +73,7 @@ class ExchangeConfig:
     max_concurrent_streams: int = 32  # more get a "busy" error frame
     # uvloop runs hivemind's P2P in a thread without trouble. Measured on loopback (64 MiB,
     # 2 shared cores) it is no faster than asyncio, 200-300 MiB/s both: the p2pd hops
-    # bound throughput, not the loop. It is the default because DESIGN.md asks for it;
+    # bound throughput, not the loop. It is the default because the design names uvloop as the event loop;
     # without the package the exchange logs a warning and runs on asyncio.
     use_uvloop: bool = True
     start_timeout: float = 30.0

@@ -4,7 +4,7 @@ Wire format is the one hivemind's ``P2P.send_raw_data`` uses (8-byte big-endian 
 then the body), so either side may be a plain hivemind peer. It is reimplemented here
 because hivemind's ``receive_raw_data`` reads whatever length the peer declares (a
 hostile peer could make us allocate gigabytes) and p2pd streams have no timeouts of
-their own (HIVEMIND-NOTES.md).
+their own (docs/hivemind.md).
 """
 
 from __future__ import annotations

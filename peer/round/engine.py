@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from swarmtrain.dht import REASON_CHARS, CommitRecord, ResultRecord, ValidationError, VoteRecord
@@ -188,8 +189,14 @@ class RoundEngine:
 
     # --- the whole round -------------------------------------------------------------
 
-    def play(self, r: int, state: ModelState, update: LocalUpdate) -> RoundResult:
-        """Round ``r`` from its commit point to the agreed next version."""
+    def play(self, r: int, state: ModelState, update: LocalUpdate,
+             on_merged: Callable[[ModelState], None] | None = None) -> RoundResult:
+        """Round ``r`` from its commit point to the agreed next version.
+
+        ``on_merged`` gets this peer's own V(r+1) as soon as it is merged, before the
+        agree step: training moves onto it then instead of a phase later (the agree step
+        almost always confirms it; when it does not, the caller moves again).
+        """
         ctx = self.ctx
         clock, phases = ctx.clock, ctx.phases
         started = clock.time()
@@ -200,6 +207,8 @@ class RoundEngine:
         clock.sleep_until(phases.deadline(r, Phase.VOTE))
         decision, commits = self.decide(r, state)
         merged = self.merge(r, state, decision, commits, verdicts)
+        if merged is not None and on_merged is not None:
+            on_merged(merged)
         self._seen.update(decision.authors)
         clock.sleep_until(phases.deadline(r, Phase.VOTE) + AGREE_READ_SHARE * ctx.config.timing.agree_s)
         new, resynced = self.sync.agree(r, state, merged)

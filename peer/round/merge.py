@@ -3,7 +3,8 @@
 Every operation here is a plain elementwise multiply or add on fp32 CPU tensors, done in
 a fixed order (digest order). Fused forms (``add(alpha=)``, ``addcmul``, ``lerp``) are
 avoided on purpose: a compiler may turn them into FMAs on one machine and not on
-another, and then two peers disagree in the last bit (DESIGN.md, "identical merges").
+another, and then two peers disagree in the last bit (x86 and ARM, AVX2 and AVX-512
+must agree to the bit; the agree step would only catch it afterwards).
 Scalars are made fp32 tensors first so no op silently computes in double.
 """
 
@@ -93,7 +94,9 @@ class OuterOptimizer:
         """Return new parameters; with nothing merged the version keeps its parameters."""
         if merged is None:
             return {name: value.clone() for name, value in params.items()}
-        if self.config.kind == "sparseloco":
+        if self.config.kind == "sparseloco" or self.config.momentum == 0.0:
+            # No momentum (the plain mean, or SparseLoCo's, kept in error feedback): no
+            # buffer, so the state (and every state download) is the parameters alone.
             return apply_step(params, merged, self.config.lr)
         mu = _f32(self.config.momentum)
         direction: dict[str, Tensor] = {}

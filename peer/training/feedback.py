@@ -1,6 +1,6 @@
 """Error feedback: what the codec dropped this round is sent in a later round.
 
-SparseLoCo-style (MEASUREMENTS.md): the buffer decays by ``decay`` before the new
+SparseLoCo-style (docs/decisions.md, "Round math"): the buffer decays by ``decay`` before the new
 pseudo-gradient is added, so it doubles as the outer momentum; the outer step itself is
 then a plain average. ``decay = 1`` is classic error feedback, ``decay = 0`` drops the
 residual (no feedback at all).

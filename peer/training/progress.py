@@ -54,6 +54,19 @@ def rebased(target: Mapping[str, Tensor], current: Mapping[str, Tensor],
     return {name: target[name] + (current[name] - anchor[name]) for name in target}
 
 
+def carries_progress(*, new: str, new_parent: str | None, held: str, held_parent: str | None) -> bool:
+    """Whether progress measured from version ``held`` is carried onto version ``new``.
+
+    Yes when ``new`` is next to ``held`` in the history: its child (the next version),
+    its sibling (the majority's V(r+1) after this peer's own), or its parent (back to
+    V(r) when the agree step could not be resolved). Progress made on a version the swarm
+    has since left several rounds behind would be applied to a model that moved on
+    without it, so it is dropped.
+    """
+    neighbours = {held} if held_parent is None else {held, held_parent}
+    return new_parent in neighbours or (held_parent is not None and new == held_parent)
+
+
 class ProgressTracker:
     """A :class:`LocalTrainer` plus its base, anchor and counters since the last snapshot."""
 
@@ -69,6 +82,10 @@ class ProgressTracker:
         self.total_steps = 0
         self.total_samples = 0
         self.busy_seconds = 0.0  # time inside inner steps, over the tracker's life
+
+    @property
+    def steps_since_snapshot(self) -> int:
+        return self._steps
 
     def _reset_counters(self) -> None:
         self._steps = self._samples = 0

@@ -47,13 +47,17 @@ class WorkerStats:
 class TrainingWorker:
     """Runs ``tracker``'s inner steps on a daemon thread until :meth:`stop`.
 
+    At most ``max_steps`` steps are taken between two snapshots (a round's H): a peer
+    that reaches them waits for the next commit point, so no update stands far outside
+    the round's norms and the outer step stays in the regime it was tuned for.
     ``trains=False`` (the free-rider fault) starts no steps at all: snapshots then show
     no progress.
     """
 
-    def __init__(self, tracker: ProgressTracker, *, trains: bool = True,
+    def __init__(self, tracker: ProgressTracker, *, max_steps: int | None = None, trains: bool = True,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.tracker = tracker
+        self._max_steps = max_steps
         self._trains = trains
         self._monotonic = monotonic
         self._turn = threading.Condition()
@@ -74,7 +78,7 @@ class TrainingWorker:
         try:
             while True:
                 with self._turn:
-                    while self._waiting and not self._stop:
+                    while (self._waiting or self._at_cap()) and not self._stop:
                         self._turn.wait()
                     if self._stop:
                         return
@@ -89,6 +93,9 @@ class TrainingWorker:
             with self._turn:
                 self._error = error
                 self._turn.notify_all()
+
+    def _at_cap(self) -> bool:
+        return self._max_steps is not None and self.tracker.steps_since_snapshot >= self._max_steps
 
     def _between_steps(self, action: Callable[[], object]) -> object:
         with self._turn:

@@ -9,7 +9,7 @@ import pytest
 from swarmtrain.dht.schemas import ResultRecord
 from swarmtrain.peer.app.cli import main
 from swarmtrain.peer.node import _config_diff
-from swarmtrain.peer.config import preset
+from swarmtrain.peer.config import DENSE, preset
 from swarmtrain.peer.round.sync import majority
 
 PEER = "QmXfzsrJ8n8o2gGqXbXvDJHnS6PNtEh5Evu7Wrqk1FNbAb"
@@ -78,3 +78,17 @@ def test_config_diff_names_each_difference() -> None:
     diffs = _config_diff(a, b)
     assert any(d.startswith("train.batch_size: yours 8, swarm 16") for d in diffs)
     assert _config_diff(a, a) == []
+
+
+def test_compressing_flags_bring_the_sparseloco_step_and_uncompressed_the_plain_mean() -> None:
+    from swarmtrain.peer.app.cli import build_parser, swarm_config_from_args
+    from swarmtrain.peer.config import AVERAGE
+
+    def config(*flags: str):  # type: ignore[no-untyped-def]
+        return swarm_config_from_args(build_parser().parse_args(["simulate", *flags]), default_preset="demo")
+
+    assert config().codec == DENSE and config().outer == AVERAGE
+    compressed = config("--density", "0.015", "--bits", "2")
+    assert compressed.codec.compressed and compressed.outer.kind == "sparseloco" and compressed.outer.ef_decay > 0
+    assert config("--density", "0.015", "--bits", "2", "--uncompressed").outer == compressed.outer  # flags win
+    assert config("--preset", "smoke", "--uncompressed").codec == DENSE

@@ -193,7 +193,7 @@ def _largest_records() -> list[Any]:
 
 
 def test_largest_records_stay_far_below_the_dht_process_limit() -> None:
-    # The DHT process dies on calls whose pickled arguments pass ~16 KiB (HIVEMIND-NOTES.md).
+    # The DHT process dies on calls whose pickled arguments pass ~16 KiB (docs/hivemind.md).
     # Check the worst case of each record: its store() arguments as pickled by hivemind,
     # and the signed value the DHT process sends to other nodes.
     validator = RSASignatureValidator(RSAPrivateKey())

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from swarmtrain.peer.config import OuterConfig
+from swarmtrain.peer.config import AVERAGE, OuterConfig
 from swarmtrain.peer.round.merge import (AcceptedUpdate, MergeError, OuterOptimizer, apply_step, next_version,
                                    weighted_mean)
 
@@ -74,6 +74,14 @@ def test_nesterov_step_and_state() -> None:
     other = OuterOptimizer(outer.config)
     other.load_state(state)
     assert torch.equal(other.step(p2, g)["w"], outer.step(p2, g)["w"])
+
+
+def test_the_plain_mean_keeps_no_outer_state() -> None:
+    """AVERAGE (Nesterov without momentum) is params - lr * mean: no buffer, so a version's
+    state (and what a resyncing peer downloads) is its parameters alone."""
+    outer = OuterOptimizer(AVERAGE)
+    new = outer.step({"w": torch.ones(3)}, {"w": torch.full((3,), 0.25)})
+    assert torch.equal(new["w"], torch.full((3,), 0.75)) and outer.state() == {}
 
 
 def test_no_accepted_updates_keeps_parameters_but_advances_version() -> None:

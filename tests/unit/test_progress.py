@@ -10,7 +10,7 @@ import torch
 
 from swarmtrain.peer.config import max_samples, preset
 from swarmtrain.peer.training.contribute import Contributor
-from swarmtrain.peer.training.progress import ProgressTracker, rebased
+from swarmtrain.peer.training.progress import ProgressTracker, carries_progress, rebased
 from swarmtrain.peer.training.tasks import Batch, load_task
 from swarmtrain.peer.training.trainer import LocalTrainer, model_params
 from swarmtrain.peer.training.worker import TrainingWorker, WorkerError
@@ -23,6 +23,14 @@ def _tracker(seed: int = 0) -> ProgressTracker:
     task = load_task(CONFIG)
     trainer = LocalTrainer(task, CONFIG.train, stream_seed=seed)
     return ProgressTracker(trainer, model_params(task.build_model()), V0)
+
+
+def _wait_for_steps(worker: TrainingWorker, steps: int, timeout: float = 30.0) -> None:
+    """Poll until the training thread has taken at least ``steps`` steps in all."""
+    deadline = time.monotonic() + timeout
+    while worker.stats().steps < steps:
+        assert time.monotonic() < deadline, f"the worker took {worker.stats().steps} of {steps} steps"
+        time.sleep(0.001)
 
 
 def _shifted(params: dict[str, torch.Tensor], by: float) -> dict[str, torch.Tensor]:
@@ -99,14 +107,9 @@ def test_worker_trains_between_requests_and_stops() -> None:
     worker = TrainingWorker(_tracker())
     worker.start()
     try:
-        deadline = time.monotonic() + 30
-        while worker.stats().steps < 3:
-            assert time.monotonic() < deadline
-            time.sleep(0.001)
+        _wait_for_steps(worker, 3)
         snap = worker.snapshot()
-        while worker.stats().steps <= 3 + snap.steps:  # it goes on after the snapshot
-            assert time.monotonic() < deadline
-            time.sleep(0.001)
+        _wait_for_steps(worker, snap.steps + 1)  # it goes on after the snapshot
         worker.rebase(snap.base, V1)
         assert worker.tracker.base_version == V1
     finally:
@@ -142,5 +145,32 @@ def test_a_failure_in_the_training_thread_reaches_the_caller() -> None:
                 assert time.monotonic() < deadline
                 worker.snapshot()
                 time.sleep(0.001)
+    finally:
+        worker.stop()
+
+
+def test_progress_is_carried_only_between_neighbouring_versions() -> None:
+    def carry(new: str, new_parent: str | None, held: str, held_parent: str | None) -> bool:
+        return carries_progress(new=new, new_parent=new_parent, held=held, held_parent=held_parent)
+
+    assert carry("v2", "v1", "v1", "v0")        # the next version
+    assert carry("v2b", "v1", "v2a", "v1")      # the majority's sibling of my own merge
+    assert carry("v1", "v0", "v2a", "v1")       # back to the version I agreed on
+    assert not carry("v5", "v4", "v1", "v0")    # rounds ahead: start afresh
+    assert not carry("v9", None, "v1", "v0")    # a version of unknown parentage
+    assert carry("v1", "g", "g", None)          # from the genesis to round 0's version
+
+
+def test_worker_stops_at_the_rounds_step_cap_until_the_next_snapshot() -> None:
+    worker = TrainingWorker(_tracker(), max_steps=4)
+    worker.start()
+    try:
+        _wait_for_steps(worker, 4)
+        time.sleep(0.05)
+        assert worker.stats().steps == 4  # waits at the cap
+        assert worker.snapshot().steps == 4
+        _wait_for_steps(worker, 8)  # a snapshot opens the next round's steps
+        time.sleep(0.05)
+        assert worker.stats().steps == 8
     finally:
         worker.stop()
