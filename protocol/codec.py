@@ -209,6 +209,9 @@ def _check_tensor_arg(name: str, tensor: Any) -> None:
         raise ValueError(f"tensor {name!r} has {tensor.dim()} dims; at most {MAX_NDIM} (reshape it)")
 
 
+_FLOAT32_TINY = torch.finfo(torch.float32).tiny
+
+
 def _float32_buffer(tensors: list[torch.Tensor], plan: BatchPlan, check_finite: bool,
                     names: list[str]) -> torch.Tensor:
     """The tensors' elements cast to float32, in the plan's class order, in one new buffer."""
@@ -218,6 +221,10 @@ def _float32_buffer(tensors: list[torch.Tensor], plan: BatchPlan, check_finite: 
     if parts:  # none when every tensor is empty
         with torch.no_grad():  # cat(out=) refuses inputs that require grad otherwise
             torch.cat(parts, out=buf)  # casts each part once, as .to(torch.float32) would
+    # Subnormals are not canonical (the decoder refuses them): they become zeros here, in the
+    # dense values as in the chunk scales, so every encoded update decodes on every peer.
+    magnitude = buf.abs()
+    buf.masked_fill_((magnitude < _FLOAT32_TINY) & (magnitude > 0), 0.0)
     # Checked after the float32 cast: a finite float64 beyond float32's range becomes inf.
     if check_finite and not _all_finite(buf):
         name = next(name for name, flat in zip(names, flats) if not _all_finite(flat.to(torch.float32)))

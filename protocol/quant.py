@@ -52,7 +52,11 @@ def chunk_steps(kept: np.ndarray, bits: int) -> np.ndarray:
     """
     if kept.shape[1] == 0:
         return np.zeros(kept.shape[0], dtype=np.float32)
-    return np.abs(kept).max(axis=1) / np.float32(levels(bits))
+    steps = np.abs(kept).max(axis=1) / np.float32(levels(bits))
+    # A subnormal step is not canonical (the decoder refuses it): such a row is all but
+    # zero, and sends zeros. NaN compares false and stays, to be rejected as before.
+    steps[steps < np.finfo(np.float32).tiny] = 0
+    return steps
 
 
 def quantize(kept: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:

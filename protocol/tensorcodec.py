@@ -95,6 +95,18 @@ def to_blobs(classes: list[ClassData], plan: BatchPlan) -> list[TensorBlobs]:
 # ----------------------------------------------------------------------------- decode
 
 
+# Canonical form: no subnormal floats. A peer whose CPU flushes subnormals to zero (FTZ/DAZ,
+# common on accelerators and some ARM builds) would compute a different merge and checksum
+# from the same payload than one that does not; the encoder flushes them to zero instead.
+_SUBNORMAL = "{what} is subnormal (non-zero below float32's smallest normal); not canonical: flush it to 0"
+_FLOAT32_TINY = np.float32(np.finfo(np.float32).tiny)
+
+
+def _has_subnormal(values: np.ndarray) -> bool:
+    magnitude = np.abs(values)
+    return bool(((magnitude < _FLOAT32_TINY) & (magnitude > 0)).any())
+
+
 def from_blobs(blobs: list[TensorBlobs], plan: BatchPlan) -> list[ClassData]:
     """Unpack and validate the blobs of a batch (their lengths already checked against the plan).
 
@@ -106,12 +118,16 @@ def from_blobs(blobs: list[TensorBlobs], plan: BatchPlan) -> list[ClassData]:
         vals = np.frombuffer(b"".join(b.val for b in blobs), dtype="<f4").astype(np.float32)
         if not np.isfinite(vals).all():
             raise ProtocolError("raw values contain NaN or inf; an update must be finite")
+        if _has_subnormal(vals):
+            raise ProtocolError(_SUBNORMAL.format(what="a raw value"))
         steps = None
     else:
         vals = unpack_segments([b.val for b in blobs], plan.vals.counts, plan.bits)
         steps = np.frombuffer(b"".join(b.step for b in blobs), dtype="<f4").astype(np.float32)
         if not np.isfinite(steps).all() or np.signbit(steps).any():
             raise ProtocolError("a chunk step is NaN, inf or negative; steps must be finite and >= +0.0")
+        if _has_subnormal(steps):
+            raise ProtocolError(_SUBNORMAL.format(what="a chunk step"))
         # The largest level is L * step; a finite step near float32's max would decode to inf.
         with np.errstate(over="ignore"):
             top = steps * np.float32((1 << plan.bits) - 1)

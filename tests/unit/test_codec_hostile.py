@@ -276,3 +276,34 @@ def test_non_bytes_payload(payload: Any) -> None:
 def test_read_update_reports_the_same_errors() -> None:
     with pytest.raises(ProtocolError):
         read_update(_small_payload()[:-1])
+
+
+# --- canonical form: no subnormal floats (FTZ peers would decode them as zero) ----------
+
+SUBNORMAL = 1e-40  # below float32's smallest normal (1.18e-38), above zero
+
+
+def test_a_subnormal_chunk_step_is_not_canonical() -> None:
+    doc = _sparse_doc()
+    doc["tensors"][0]["q"] = struct.pack("<f", SUBNORMAL) + doc["tensors"][0]["q"][4:]
+    _rejects(_pack(doc), match="subnormal")
+
+
+def test_a_subnormal_raw_value_is_not_canonical() -> None:
+    doc = _doc(encode_update({"a": torch.ones(5)}, density=1.0, bits=32))
+    doc["tensors"][0]["v"] = struct.pack("<f", -SUBNORMAL) + doc["tensors"][0]["v"][4:]
+    _rejects(_pack(doc), match="subnormal")
+
+
+@pytest.mark.parametrize("bits", [2, 8])
+def test_the_encoder_sends_a_chunk_whose_step_would_be_subnormal_as_zeros(bits: int) -> None:
+    # The second chunk's step max|x| / L is below the smallest normal.
+    x = torch.tensor([0.5, -1.0, 0.25, 1.0, 2e-38, -2e-38, 2e-38, 2e-38])
+    decoded = decode_update(encode_update({"a": x}, density=1.0, bits=bits, chunk=4))["a"]
+    assert decoded[4:].eq(0).all() and decoded[3] > 0.9
+
+
+def test_the_encoder_flushes_subnormal_dense_values_to_zero() -> None:
+    x = torch.tensor([SUBNORMAL, -SUBNORMAL, 0.0, 1.0, 2e-38])
+    decoded = decode_update(encode_update({"a": x}, density=1.0, bits=32))["a"]
+    assert decoded.tolist()[:3] == [0.0, 0.0, 0.0] and decoded[3] == 1.0 and decoded[4] == x[4]
