@@ -21,6 +21,10 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+# 2^31 parameters: 8 GiB in fp32, held several times over (model, AdamW, merge).
+MAX_MODEL_PARAMS = 1 << 31
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """Byte-level transformer shape (stdlib-lm) or a task-specific size hint."""
@@ -38,6 +42,18 @@ class ModelConfig:
                f"model.heads must divide d_model ({self.d_model}), got {self.heads}")
         _check(self.context >= 2, f"model.context must be >= 2, got {self.context}")
         _check(1 <= self.vocab <= 1 << 20, f"model.vocab must be in [1, 2^20], got {self.vocab}")
+        _check(self.layers <= 1024 and self.d_model <= 1 << 16 and self.context <= 1 << 20,
+               f"model.layers <= 1024, d_model <= 65536 and context <= 2^20, got {self.layers}, "
+               f"{self.d_model}, {self.context}")
+        # Settings arrive from DHT records: a genesis asking for 10^17 parameters must be
+        # refused before anything is allocated, not when the allocation fails.
+        _check(self.approx_params() <= MAX_MODEL_PARAMS,
+               f"the model would hold about {self.approx_params():.3g} parameters; at most "
+               f"{MAX_MODEL_PARAMS:.3g} (a peer needs them in memory several times over)")
+
+    def approx_params(self) -> int:
+        """About how many parameters a transformer of this shape holds."""
+        return 12 * self.layers * self.d_model ** 2 + (self.vocab + self.context) * self.d_model
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,8 +73,8 @@ class TrainConfig:
     grad_clip: float = 1.0
 
     def __post_init__(self) -> None:
-        _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
-        _check(self.inner_steps >= 1, f"train.inner_steps must be >= 1, got {self.inner_steps}")
+        _check(1 <= self.batch_size <= 1 << 16, f"train.batch_size must be in [1, 65536], got {self.batch_size}")
+        _check(1 <= self.inner_steps <= 1 << 20, f"train.inner_steps must be in [1, 2^20], got {self.inner_steps}")
         _check(0 < self.lr < 1, f"train.lr must be in (0, 1), got {self.lr}")
         _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.grad_clip > 0, f"train.grad_clip must be > 0, got {self.grad_clip}")

@@ -33,7 +33,7 @@ from swarmtrain.peer.training import faults
 from swarmtrain.peer.training.contribute import Contributor
 from swarmtrain.peer.training.localstate import LocalStateError
 from swarmtrain.peer.training.progress import ProgressTracker, carries_progress
-from swarmtrain.peer.training.tasks import load_task
+from swarmtrain.peer.training.tasks import BUILTIN_TASKS, load_task
 from swarmtrain.peer.training.trainer import LocalTrainer, resolve_device
 from swarmtrain.peer.training.worker import TrainingWorker
 
@@ -75,6 +75,9 @@ class NodeOptions:
     # (for scripts and compose files that start the next peers from it).
     address_file: Path | None = None
     device: str = "auto"               # where the inner steps run (see trainer.resolve_device)
+    # The digest of the genesis to join (what `join` prints as "genesis ..."): with it, no
+    # other candidate, a back-dated one included, can capture this peer.
+    genesis_digest: str | None = None
     announce: Callable[[str], None] = print
     clock: Clock = field(default_factory=SystemClock)
 
@@ -123,6 +126,11 @@ class Node:
         """Join the existing genesis, or propose ours when the swarm has none."""
         pin = self._read_pin()
         pinned = None if pin is None else str(pin["digest"])
+        wanted = self.options.genesis_digest
+        if wanted is not None and pinned is not None and wanted != pinned:
+            raise JoinError(f"this data dir joined the swarm with genesis {pinned}, not --genesis {wanted}; "
+                            "use a new --data-dir to join another genesis")
+        pinned = pinned or wanted
         existing = self.records.read_genesis(pin=pinned)
         if existing is None and self.options.initial_peers:
             # The swarm may still be starting (or the bootstrap is a plain hivemind node):
@@ -133,6 +141,9 @@ class Node:
                 existing = self.records.read_genesis(pin=pinned)
         if existing is None and pin is not None:
             existing = self._pinned_record(pin)  # published below, like any endorsement
+        if existing is None and wanted is not None:
+            raise JoinError(f"no genesis with digest {wanted} in swarm {self.options.swarm!r} (is the digest "
+                            "complete, and are --swarm and --initial-peers the swarm's?)")
         if existing is None:
             config = self.options.config or self.options.new_swarm_config
             candidate = GenesisRecord(
@@ -143,9 +154,10 @@ class Node:
             existing = self.records.establish_genesis(candidate)
         else:
             self.records.publish_genesis(existing)  # endorse, so it outlives its creator
-        self._check_genesis(existing)
+        check_genesis(existing, insisted=self.options.config)
         atomic_write(self.data_dir / "genesis.json",
                      json.dumps({"digest": existing.digest(), "record": existing.to_wire()}).encode())
+        self.options.announce(f"genesis {existing.digest()} (others may pin it: --genesis {existing.digest()})")
         return existing
 
     def _read_pin(self) -> dict[str, object] | None:
@@ -178,21 +190,6 @@ class Node:
         self.options.announce(f"the genesis of {self.options.swarm!r} was no longer in the DHT: restored the one "
                               "this data dir pins, resuming from its versions")
         return record
-
-    def _check_genesis(self, genesis: GenesisRecord) -> None:
-        if genesis.protocol_version != PROTOCOL_VERSION:
-            raise JoinError(f"swarm {genesis.swarm!r} speaks protocol v{genesis.protocol_version}, "
-                            f"this swarmtrain speaks v{PROTOCOL_VERSION}: upgrade swarmtrain")
-        try:
-            theirs = SwarmConfig.from_dict(genesis.config)
-        except (ValueError, TypeError) as error:
-            raise JoinError(f"the genesis of {genesis.swarm!r} holds settings this version cannot read: {error}") \
-                from error
-        mine = self.options.config
-        if mine is not None and mine != theirs:
-            diffs = _config_diff(mine.to_dict(), theirs.to_dict())
-            raise JoinError(f"your settings differ from swarm {genesis.swarm!r}'s genesis ({'; '.join(diffs)}); "
-                            "drop the flags that change them to adopt the swarm's settings")
 
     def _initial_state(self) -> ModelState:
         """The genesis version, or the version this data dir holds from an earlier run."""
@@ -376,6 +373,37 @@ class Node:
 def _initial_checksum(config: SwarmConfig) -> bytes:
     """Checksum of the initial parameters + empty outer state built from ``config``."""
     return genesis_state(load_task(config), config).checksum
+
+
+def check_genesis(genesis: GenesisRecord, *, insisted: SwarmConfig | None) -> SwarmConfig:
+    """The genesis' settings, or :class:`JoinError` saying why this peer must not adopt them.
+
+    Runs before anything the record asks for is built: its settings must be readable and
+    bounded (a record may ask for any model size), and a ``module:function`` task only
+    runs when this peer's own command line (``insisted``) names it.
+    """
+    if genesis.protocol_version != PROTOCOL_VERSION:
+        raise JoinError(f"swarm {genesis.swarm!r} speaks protocol v{genesis.protocol_version}, "
+                        f"this swarmtrain speaks v{PROTOCOL_VERSION}: upgrade swarmtrain")
+    try:
+        theirs = SwarmConfig.from_dict(genesis.config)
+    except (ValueError, TypeError) as error:
+        raise JoinError(f"the genesis of {genesis.swarm!r} holds settings this version cannot read: {error}") \
+            from error
+    if genesis.task != theirs.task:
+        raise JoinError(f"the genesis of {genesis.swarm!r} names task {genesis.task!r} but its settings "
+                        f"say {theirs.task!r}: a malformed genesis; pin the swarm's real one with --genesis")
+    mine = insisted
+    if theirs.task not in BUILTIN_TASKS and (mine is None or mine.task != theirs.task):
+        # A "module:function" task is code: it runs only when this peer's own command line
+        # names it, never because a DHT record (anyone's) does.
+        raise JoinError(f"swarm {genesis.swarm!r} trains task {theirs.task!r}, which is code on this "
+                        f"machine, not a built-in task; to run it, name it yourself: --task {theirs.task}")
+    if mine is not None and mine != theirs:
+        diffs = _config_diff(mine.to_dict(), theirs.to_dict())
+        raise JoinError(f"your settings differ from swarm {genesis.swarm!r}'s genesis ({'; '.join(diffs)}); "
+                        "drop the flags that change them to adopt the swarm's settings")
+    return theirs
 
 
 def _config_diff(mine: dict[str, object], theirs: dict[str, object], prefix: str = "") -> list[str]:

@@ -131,6 +131,12 @@ def _add_device_option(parser: argparse.ArgumentParser) -> None:
                              "merges and votes always run on the CPU")
 
 
+def _digest(text: str) -> str:
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise argparse.ArgumentTypeError(f"a genesis digest is 64 lowercase hex characters, got {text!r}")
+    return text
+
+
 def _insisted_config(args: argparse.Namespace) -> SwarmConfig | None:
     """The settings a joining peer asked for explicitly (None: adopt the swarm's genesis)."""
     explicit = args.uncompressed or any(getattr(args, name) is not None for name in _SWARM_FLAGS)
@@ -174,7 +180,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         new_swarm_config=insisted or swarm_config_from_args(args, default_preset="demo"),
         start_delay=args.start_delay,
         address_file=Path(args.address_file) if args.address_file else None,
-        device=args.device,
+        device=args.device, genesis_digest=args.genesis,
         announce=lambda line: print(line, flush=True),
     )
     node = Node(options)
@@ -289,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("--start-delay", type=float, default=0.0,
                       help="when starting a swarm: round 0 begins this many seconds from now")
     join.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")
+    join.add_argument("--genesis", type=_digest, default=None, metavar="DIGEST",
+                      help="join only the genesis with this digest (printed by every peer as 'genesis ...')")
     _add_device_option(join)
     _add_swarm_options(join)
     join.set_defaults(func=cmd_join)
