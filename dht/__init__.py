@@ -31,6 +31,7 @@ from swarmtrain.dht.records import (
     SwarmRecords,
 )
 from swarmtrain.dht.schemas import (
+    MAX_DIGESTS_PER_RECORD,
     REASON_CHARS,
     CommitRecord,
     GenesisRecord,
@@ -44,6 +45,7 @@ from swarmtrain.dht.schemas import (
 from swarmtrain.dht.validator import InvalidRecordError, SwarmRecordValidator, swarm_validators
 
 __all__ = [
+    "MAX_DIGESTS_PER_RECORD",
     "REASON_CHARS",
     "BootstrapError",
     "ClockSkewError",

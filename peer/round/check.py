@@ -15,9 +15,11 @@ from torch import Tensor
 from swarmtrain.peer.config import SwarmConfig, max_samples
 from swarmtrain.peer.training.tasks import Task
 from swarmtrain.peer.training.trainer import evaluate_loss
-from swarmtrain.peer.round.vote import Verdict, judge, median_norm, reject
+from swarmtrain.peer.round.decision import merge_weight
+from swarmtrain.peer.round.validity import InvalidUpdate, open_update
+from swarmtrain.peer.round.vote import Verdict, judge, reference_norm, reject
 from swarmtrain.peer.training.norms import update_norm
-from swarmtrain.protocol import ProtocolError, decode_update, update_digest
+from swarmtrain.protocol import update_digest
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,8 @@ class Checker:
     def loss(self, params: Mapping[str, Tensor]) -> float:
         return evaluate_loss(self.task, self.model, self.batches, params=params)
 
-    def precheck(self, sub: Submission, *, version: bytes, seen: set[bytes],
-                 max_elements: int) -> dict[str, Tensor] | Verdict:
+    def precheck(self, sub: Submission, *, params: Mapping[str, Tensor], version: bytes,
+                 seen: set[bytes]) -> dict[str, Tensor] | Verdict:
         """Decoded tensors, or the rejecting verdict of the first cheap check that fails."""
         if sub.payload is None:
             return reject(sub.missing_reason)
@@ -58,9 +60,9 @@ class Checker:
         if not 1 <= sub.samples <= max_samples(self.config):
             return reject(f"claims {sub.samples} samples, allowed 1..{max_samples(self.config)}")
         try:
-            return decode_update(sub.payload, max_elements=max_elements)
-        except ProtocolError as error:
-            return reject(f"malformed payload: {error}")
+            return open_update(sub.payload, params=params, codec=self.config.codec)
+        except InvalidUpdate as error:
+            return reject(str(error))
 
     def check_round(
         self,
@@ -71,31 +73,36 @@ class Checker:
         seen: set[bytes],
         loss_before: float | None = None,
         own_norms: Iterable[float] = (),
-        round_size: int = 1,
+        round_samples: int | None = None,
     ) -> dict[bytes, Verdict]:
         """Verdicts keyed by committed digest for the updates this peer was assigned.
 
-        ``own_norms``: norms of this peer's own honest updates, added to the round's median
-        so that in a tiny swarm (two updates to check) one outlier cannot drag it up.
-        ``round_size``: how many updates the round has (each is judged at weight 1/n).
+        ``own_norms``: norms of this peer's own honest updates: they join the round's
+        median and anchor it (:func:`~swarmtrain.peer.round.vote.reference_norm`), so
+        neither one outlier in a tiny swarm nor many junk updates can drag it.
+        ``round_samples``: the merge weights of all the round's commitments together
+        (default: those of ``submissions``); each update is judged at its real share.
         """
-        max_elements = sum(t.numel() for t in params.values())
+        subs = list(submissions)
         decoded: dict[bytes, dict[str, Tensor]] = {}
         verdicts: dict[bytes, Verdict] = {}
-        for sub in submissions:
-            result = self.precheck(sub, version=version, seen=seen, max_elements=max_elements)
+        for sub in subs:
+            result = self.precheck(sub, params=params, version=version, seen=seen)
             if isinstance(result, Verdict):
                 verdicts[sub.committed_digest] = result
             else:
                 decoded[sub.committed_digest] = result
         if not decoded:
             return verdicts
+        cap = max_samples(self.config)
+        weight = {s.committed_digest: merge_weight(s.samples, cap) for s in subs}
+        total = max(round_samples or 0, sum(weight.values()))
         before = self.loss(params) if loss_before is None else loss_before
-        med = median_norm([*(update_norm(t) for t in decoded.values()), *own_norms])
+        reference = reference_norm([update_norm(t) for t in decoded.values()], own_norms)
         for digest in sorted(decoded):
             verdicts[digest] = judge(
                 decoded[digest], params=params, loss_before=before, evaluate=self.loss,
-                round_median_norm=med, config=self.config.vote,
-                step_scale=self.config.outer.lr / max(1, round_size),
+                round_median_norm=reference, config=self.config.vote,
+                step_scale=self.config.outer.lr * weight[digest] / total,
             )
         return verdicts

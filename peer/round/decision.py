@@ -9,9 +9,11 @@ reads a clock, a network or a disk.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
+from swarmtrain.dht import MAX_DIGESTS_PER_RECORD
 from swarmtrain.peer.round.assignment import assignments
 from swarmtrain.peer.round.vote import Tally, Verdict, common_rejection, tally
 from swarmtrain.protocol import version_id
@@ -47,6 +49,7 @@ class RoundDecision:
     weights: dict[bytes, int]                 # merge weight (samples, capped) of every update
     accepted: tuple[bytes, ...]               # sorted digests
     next_version: bytes                       # BLAKE2b(parent, accepted digests)
+    refused: dict[str, str]                   # author -> why its commitment was not admitted
 
     @property
     def rejected(self) -> tuple[bytes, ...]:
@@ -67,8 +70,59 @@ class RoundDecision:
         return "majority rejected"
 
 
+# A round admits at most this many commitments: a ballot (one DHT record) holds at most
+# this many verdicts, and a result this many accepted digests, so no round can produce a
+# record that fails validation; a flood of identities cannot make every peer check more.
+MAX_COMMITS = MAX_DIGESTS_PER_RECORD
+
+
+def merge_weight(samples: int, max_samples: int) -> int:
+    """An update's weight in the merge: its claimed samples, capped so no claim dominates."""
+    return max(1, min(samples, max_samples))
+
+
+def _priority(round_index: int, author: str) -> bytes:
+    h = hashlib.blake2b(digest_size=16, person=b"swarmtrain-adm")
+    h.update(round_index.to_bytes(8, "big"))
+    h.update(author.encode())
+    return h.digest()
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The commitments a round considers, and why the others were refused (by author)."""
+
+    admitted: dict[str, Commitment]
+    refused: dict[str, str]
+
+
+def admit(round_index: int, commitments: Mapping[str, Commitment], *, standing: Collection[str] = (),
+          cap: int = MAX_COMMITS) -> Admission:
+    """Which of the round's commitments are checked and may be merged.
+
+    One digest committed by several authors (a byte-for-byte copy) is kept once, under
+    the author with standing, then the smaller sample claim, then the round's draw: the
+    update is the same either way, and no two peers may weigh it differently. Beyond
+    ``cap`` commitments, authors with standing (accepted in the parent version) come
+    first, then the rest in the round's draw order.
+    """
+    def order(author: str) -> tuple[bool, int, bytes]:
+        return (author not in standing, commitments[author].samples, _priority(round_index, author))
+
+    refused: dict[str, str] = {}
+    by_digest: dict[bytes, str] = {}
+    for author in sorted(commitments, key=order):
+        first = by_digest.setdefault(commitments[author].digest, author)
+        if first != author:
+            refused[author] = f"duplicate of {first[:12]}'s update"
+    kept = sorted(by_digest.values(), key=lambda a: (a not in standing, _priority(round_index, a)))
+    for author in kept[cap:]:
+        refused[author] = f"over the round's cap of {cap} commitments"
+    return Admission({a: commitments[a] for a in sorted(kept[:cap])}, refused)
+
+
 def checker_table(round_index: int, commitments: Mapping[str, Commitment], k: int) -> dict[bytes, tuple[str, ...]]:
-    """Who checks which update of the round: every committer is a candidate checker."""
+    """Who checks which admitted update of the round: every admitted committer is a candidate."""
     authors = {c.digest: author for author, c in commitments.items()}
     return {d: tuple(who) for d, who in assignments(round_index, authors, list(commitments), k).items()}
 
@@ -81,28 +135,32 @@ def decide(
     *,
     checkers_per_update: int,
     max_samples: int,
+    standing: Collection[str] = (),
 ) -> RoundDecision:
     """Decide round ``round_index`` of version ``parent``.
 
     ``commitments`` is keyed by author (one commitment per peer and round, as the DHT
-    records are), ``ballots`` by voter. An update is accepted when more of its assigned
+    records are), ``ballots`` by voter; both as frozen at their deadlines. Only admitted
+    commitments (:func:`admit`) count. An update is accepted when more of its assigned
     checkers accept than reject it; a lone committer is accepted without votes, since
     nobody can check it and nobody else is affected (otherwise the first peer of a new
     swarm would waste its first rounds). Merge weights are the claimed samples capped at
     ``max_samples``, here and not only at checkers, so no claim can dominate the mean.
     """
-    authors = {c.digest: author for author, c in commitments.items()}
-    table = checker_table(round_index, commitments, checkers_per_update)
+    admission = admit(round_index, commitments, standing=standing)
+    admitted = admission.admitted
+    authors = {c.digest: author for author, c in admitted.items()}
+    table = checker_table(round_index, admitted, checkers_per_update)
     counts = tally({voter: {d: v.accept for d, v in votes.items()} for voter, votes in ballots.items()}, table)
     if len(authors) == 1:
         counts = {d: Tally(1, 0) for d in authors}
     reasons = {voter: {d: v.reason for d, v in votes.items() if not v.accept and v.reason}
                for voter, votes in ballots.items()}
     accepted = tuple(sorted(d for d, t in counts.items() if t.accepted))
-    weights = {c.digest: max(1, min(c.samples, max_samples)) for c in commitments.values()}
+    weights = {c.digest: merge_weight(c.samples, max_samples) for c in admitted.values()}
     return RoundDecision(
         round=round_index, parent=parent, authors=authors,
         checkers=table, counts=counts,
         rejections=common_rejection(reasons, table), weights=weights, accepted=accepted,
-        next_version=version_id(parent, accepted),
+        next_version=version_id(parent, accepted), refused=admission.refused,
     )

@@ -28,14 +28,13 @@ from swarmtrain.peer.exchange.ring import ServedRing
 from swarmtrain.peer.round.check import Submission
 from swarmtrain.peer.round.clock import Phase
 from swarmtrain.peer.round.context import RoundContext, max_update_bytes
-from swarmtrain.peer.round.decision import Commitment, RoundDecision, Vote, checker_table, decide
-from swarmtrain.peer.round.merge import AcceptedUpdate, MergeError, next_version
+from swarmtrain.peer.round.decision import Commitment, RoundDecision, Vote, admit, checker_table, decide, merge_weight
+from swarmtrain.peer.round.merge import merge_round
 from swarmtrain.peer.round.state import ModelState
 from swarmtrain.peer.round.sync import StateSync
 from swarmtrain.peer.round.vote import Verdict
-from swarmtrain.peer.store.versions import Contribution
+from swarmtrain.peer.store.versions import Contribution, StoreError
 from swarmtrain.peer.training.contribute import LocalUpdate
-from swarmtrain.protocol import ProtocolError, decode_update
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +94,7 @@ class RoundEngine:
         self.last_round_s: float | None = None  # commit to adoption, last round (heartbeat)
         self._payloads: dict[bytes, bytes] = {}  # digest -> payload, this round and last
         self._seen: set[bytes] = set()           # digests of earlier rounds (replay check)
+        self._commits: dict[int, dict[str, CommitRecord]] = {}  # frozen at the commit deadline
         self._served = ServedRing(ctx.exchange, "update", keep=SERVED_UPDATES)
         self.fetch_failures: dict[bytes, str] = {}
 
@@ -111,35 +111,54 @@ class RoundEngine:
             train_loss=_finite(update.train_loss),
         ))
 
+    def frozen_commits(self, r: int) -> dict[str, CommitRecord]:
+        """Round ``r``'s commitments as first read after its commit deadline, kept for the
+        rest of the round: a commitment published later is ignored, so it can neither join
+        the checker draw nor shift the tally of updates already judged."""
+        if r not in self._commits:
+            self._commits = {r: self.ctx.records.commits(r), **{k: v for k, v in self._commits.items() if k >= r - 1}}
+        return self._commits[r]
+
+    def standing(self, state: ModelState) -> frozenset[str]:
+        """Authors whose updates were merged into ``state`` (from its commit in the store)."""
+        try:
+            commit = self.ctx.store.commit(state.version.hex())
+        except StoreError:
+            return frozenset()
+        return frozenset(c.peer_id for c in commit.contributions if c.accepted)
+
     def check_and_vote(self, r: int, state: ModelState, update: LocalUpdate) -> dict[bytes, Verdict]:
         """After the commit deadline: fetch what this peer must check, check it, vote."""
         ctx = self.ctx
-        commits = ctx.records.commits(r)
-        table = checker_table(r, commitments_of(commits), ctx.config.vote.checkers_per_update)
-        authors = {bytes.fromhex(c.digest): peer for peer, c in commits.items()}
+        commits = self.frozen_commits(r)
+        admitted = admit(r, commitments_of(commits), standing=self.standing(state)).admitted
+        table = checker_table(r, admitted, ctx.config.vote.checkers_per_update)
+        authors = {c.digest: peer for peer, c in admitted.items()}
         mine = {d: authors[d] for d, who in table.items() if ctx.peer_id in who}
         payloads = self._fetch_payloads(mine, state, ctx.phases.deadline(r, Phase.VOTE) - 2 * PUBLISH_MARGIN_S)
         submissions = [Submission(authors[d], d, bytes.fromhex(commits[authors[d]].base_version),
                                   commits[authors[d]].samples, payloads[d],
                                   self.fetch_failures.get(d, "payload not downloaded")) for d in sorted(mine)]
+        cap = max_samples(ctx.config)
         # state.validation_loss, when known, is this checker's loss of these very params
         # (measured at the merge that made them, on the same held-out batches).
         verdicts = ctx.checker.check_round(state.params, state.version, submissions, seen=self._seen,
-                                           loss_before=state.validation_loss,
-                                           own_norms=[update.sent_norm], round_size=len(authors))
+                                           loss_before=state.validation_loss, own_norms=[update.sent_norm],
+                                           round_samples=sum(merge_weight(c.samples, cap) for c in admitted.values()))
         if verdicts:
             ctx.records.publish_votes(r, ballot(ctx.peer_id, verdicts))
         return verdicts
 
     def decide(self, r: int, state: ModelState) -> tuple[RoundDecision, dict[str, CommitRecord]]:
-        """After the vote deadline: the round's decision from the records as read now."""
+        """After the vote deadline: the round's decision from the frozen commitments and
+        the ballots as read now."""
         ctx = self.ctx
-        commits = ctx.records.commits(r)
+        commits = self.frozen_commits(r)
         ballots = {voter: {bytes.fromhex(d): Vote(v.accept, v.reason) for d, v in rec.votes.items()}
                    for voter, rec in ctx.records.votes(r).items()}
         decision = decide(r, state.version, commitments_of(commits), ballots,
                           checkers_per_update=ctx.config.vote.checkers_per_update,
-                          max_samples=max_samples(ctx.config))
+                          max_samples=max_samples(ctx.config), standing=self.standing(state))
         return decision, commits
 
     def merge(self, r: int, state: ModelState, decision: RoundDecision, commits: dict[str, CommitRecord],
@@ -149,33 +168,29 @@ class RoundEngine:
         accepted = decision.accepted
         payloads = self._fetch_payloads({d: decision.authors[d] for d in accepted}, state,
                                         ctx.phases.deadline(r, Phase.VOTE) + 0.5 * ctx.config.timing.agree_s)
-        updates: list[AcceptedUpdate] = []
-        for digest in accepted:
-            payload = payloads.get(digest)
-            if payload is None:
-                log.warning("accepted update %s could not be fetched: this peer will resync", digest.hex()[:12])
-                return None
-            try:
-                tensors = decode_update(payload, max_elements=sum(t.numel() for t in state.params.values()))
-            except ProtocolError as error:
-                log.warning("accepted update %s does not decode here (%s): this peer will resync",
-                            digest.hex()[:12], error)
-                return None
-            updates.append(AcceptedUpdate(digest, decision.weights[digest], tensors))
-        try:
-            result = next_version(state.params, state.version, updates, state.outer)
-        except MergeError as error:  # only a dishonest majority accepts such an update
-            log.warning("the accepted updates do not merge here (%s): this peer will resync", error)
+        if any(payloads.get(d) is None for d in accepted):
+            log.warning("an accepted update could not be fetched: this peer will resync")
             return None
+        outcome = merge_round(state.params, state.version,
+                              {d: (decision.weights[d], payloads[d]) for d in accepted},  # type: ignore[misc]
+                              state.outer, codec=ctx.config.codec, clip_ratio=ctx.config.vote.max_norm_ratio)
+        result = outcome.version
+        for digest, why in outcome.refused.items():
+            ctx.announce(f"round {r}: update {digest.hex()[:12]} of {decision.authors[digest][:12]} was "
+                         f"accepted by its checkers but {why}")
         contributions = tuple(
             Contribution(
                 peer_id=decision.authors[d], digest=d.hex(), samples=commits[decision.authors[d]].samples,
-                accepted=decision.is_accepted(d), votes_for=decision.counts[d].votes_for,
+                accepted=d in result.accepted, votes_for=decision.counts[d].votes_for,
                 votes_against=decision.counts[d].votes_against,
                 loss_delta=my_verdicts[d].loss_delta if d in my_verdicts else None,
-                reason=decision.reason(d, my_verdicts.get(d)),
+                reason=outcome.refused.get(d) or decision.reason(d, my_verdicts.get(d)),
             )
             for d in sorted(decision.authors)
+        ) + tuple(
+            Contribution(peer_id=author, digest=commits[author].digest, samples=commits[author].samples,
+                         accepted=False, votes_for=0, votes_against=0, loss_delta=None, reason=why)
+            for author, why in sorted(decision.refused.items())
         )
         new = ModelState(params=result.params, outer=state.outer, version=result.version_id, round=r + 1,
                          checksum=result.state_checksum, validation_loss=ctx.checker.loss(result.params))

@@ -11,12 +11,15 @@ Scalars are made fp32 tensors first so no op silently computes in double.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import math
+import statistics
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from swarmtrain.peer.config import OuterConfig
+from swarmtrain.peer.config import CodecConfig, OuterConfig
+from swarmtrain.peer.round.validity import InvalidUpdate, open_update
 from swarmtrain.protocol import state_checksum, version_id
 
 
@@ -144,3 +147,72 @@ def next_version(params: Mapping[str, Tensor], parent: bytes, accepted: Sequence
         state_checksum=state_checksum(full_state(new_params, outer)),
         accepted=digests,
     )
+
+
+def exact_norm(tensors: Mapping[str, Tensor]) -> float:
+    """The L2 norm as the same float on every machine.
+
+    Squares of fp32 values are exact in double, ``math.fsum`` rounds their sum correctly
+    whatever the order, and ``sqrt`` is correctly rounded: no SIMD width or thread count
+    can change the result, so every peer clips an update by the same factor.
+    """
+    return math.sqrt(math.fsum(x for name in sorted(tensors)
+                               for x in tensors[name].to(torch.float64).square().flatten().tolist()))
+
+
+def clipped(updates: Sequence[AcceptedUpdate], ratio: float) -> list[AcceptedUpdate]:
+    """Each update scaled down to at most ``ratio`` x the median norm of ``updates``.
+
+    The robust part of the aggregate: votes decide what is merged, and this bounds what
+    one accepted update can do, so a huge but finite update that slipped through (a
+    captured check) cannot overflow the mean. Honest updates within ``ratio`` of the
+    median, what the checkers already demand, pass unchanged, bit for bit.
+    """
+    norms = [exact_norm(u.tensors) for u in updates]
+    finite = [n for n in norms if math.isfinite(n)]
+    if not finite:
+        return list(updates)
+    cap = ratio * statistics.median(finite)
+    out = []
+    for update, norm in zip(updates, norms):
+        if norm > cap:
+            factor = _f32(cap / norm)
+            update = AcceptedUpdate(update.digest, update.samples,
+                                    {n: t.to(torch.float32) * factor for n, t in update.tensors.items()})
+        out.append(update)
+    return out
+
+
+@dataclass(frozen=True)
+class RoundMerge:
+    """V(r+1), and the updates the votes accepted that the merge still refused, with why."""
+
+    version: NextVersion
+    refused: dict[bytes, str]
+
+
+def merge_round(params: Mapping[str, Tensor], parent: bytes, accepted: Mapping[bytes, tuple[int, bytes]],
+                outer: OuterOptimizer, *, codec: CodecConfig, clip_ratio: float) -> RoundMerge:
+    """The one merge of simulator and peer: ``accepted`` maps digest -> (weight, payload).
+
+    Refused even when the votes accepted them (only a dishonest majority of checkers can
+    accept such an update, and every honest peer refuses it alike, so they still agree):
+    payloads that do not open for this model (:func:`open_update`). Then the survivors are
+    clipped (:func:`clipped`) and merged. A result that is not finite is never kept: the
+    round then merges nothing, and the parent's parameters go on under a new id.
+    """
+    refused: dict[bytes, str] = {}
+    updates: list[AcceptedUpdate] = []
+    for digest in sorted(accepted):
+        weight, payload = accepted[digest]
+        try:
+            updates.append(AcceptedUpdate(digest, weight, open_update(payload, params=params, codec=codec)))
+        except InvalidUpdate as error:
+            refused[digest] = f"refused at merge: {error}"
+    saved = outer.state()
+    result = next_version(params, parent, clipped(updates, clip_ratio), outer)
+    if not all(bool(torch.isfinite(t).all()) for t in result.params.values()):
+        outer.load_state(saved)
+        refused.update({u.digest: "refused at merge: the merged state was not finite" for u in updates})
+        result = next_version(params, parent, [], outer)
+    return RoundMerge(result, refused)

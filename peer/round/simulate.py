@@ -16,15 +16,15 @@ from torch import Tensor
 
 from swarmtrain.peer.config import SwarmConfig, max_samples
 from swarmtrain.peer.round.check import Checker, Submission
-from swarmtrain.peer.round.decision import Commitment, Vote, checker_table, decide
-from swarmtrain.peer.round.merge import AcceptedUpdate, next_version
+from swarmtrain.peer.round.decision import Commitment, Vote, admit, checker_table, decide, merge_weight
+from swarmtrain.peer.round.merge import merge_round
+from swarmtrain.peer.round.vote import Tally
 from swarmtrain.peer.round.state import genesis_state
 from swarmtrain.peer.training import faults
 from swarmtrain.peer.training.contribute import Contributor
 from swarmtrain.peer.training.progress import ProgressTracker
 from swarmtrain.peer.training.tasks import Task, load_task
 from swarmtrain.peer.training.trainer import LocalTrainer, evaluate_loss
-from swarmtrain.protocol import decode_update
 
 VALIDATION_SEED = 0x7E57  # the simulator's own yardstick, distinct from every voter's seed
 
@@ -114,6 +114,7 @@ class Simulation:
             ))
         self.round = 0
         self._seen: set[bytes] = set()
+        self._standing: frozenset[str] = frozenset()  # authors merged into the current version
 
     def validation_loss(self) -> float:
         return evaluate_loss(self.task, self._eval_model, self._validation, params=self.params)
@@ -134,32 +135,38 @@ class Simulation:
             for name, u in updates.items()
         }
         commitments = {name: Commitment(name, u.committed_digest, u.samples) for name, u in updates.items()}
-        checkers = checker_table(self.round, commitments, self.config.vote.checkers_per_update)
+        admitted = admit(self.round, commitments, standing=self._standing).admitted
+        checkers = checker_table(self.round, admitted, self.config.vote.checkers_per_update)
+        cap = max_samples(self.config)
         ballots: dict[str, dict[bytes, Vote]] = {}
         for peer in self.peers:
             mine = [submissions[d] for d, who in checkers.items() if peer.name in who]
             verdicts = peer.checker.check_round(
                 self.params, self.version, mine, seen=self._seen,
-                own_norms=[updates[peer.name].sent_norm], round_size=len(updates),
+                own_norms=[updates[peer.name].sent_norm],
+                round_samples=sum(merge_weight(c.samples, cap) for c in admitted.values()),
             )
             ballots[peer.name] = {d: Vote(v.accept, v.reason) for d, v in verdicts.items()}
         decision = decide(self.round, self.version, commitments, ballots,
                           checkers_per_update=self.config.vote.checkers_per_update,
-                          max_samples=max_samples(self.config))
-        accepted = [AcceptedUpdate(d, decision.weights[d], decode_update(submissions[d].payload or b""))
-                    for d in decision.accepted]
-        result = next_version(self.params, self.version, accepted, self.outer)
+                          max_samples=cap, standing=self._standing)
+        merged = merge_round(self.params, self.version,
+                             {d: (decision.weights[d], submissions[d].payload or b"") for d in decision.accepted},
+                             self.outer, codec=self.config.codec, clip_ratio=self.config.vote.max_norm_ratio)
+        result = merged.version
         self._seen.update(decision.authors)
+        self._standing = frozenset(decision.authors[d] for d in result.accepted)
         self.params, self.version = result.params, result.version_id
         for peer in self.peers:
             peer.tracker.rebase(self.params, self.version)
         outcomes = tuple(
             PeerOutcome(
                 peer=name, digest=u.committed_digest.hex()[:12],
-                accepted=decision.is_accepted(u.committed_digest),
-                votes_for=decision.counts[u.committed_digest].votes_for,
-                votes_against=decision.counts[u.committed_digest].votes_against,
-                reason=_reason(ballots, u.committed_digest, decision.is_accepted(u.committed_digest)),
+                accepted=u.committed_digest in result.accepted,
+                votes_for=decision.counts.get(u.committed_digest, NO_VOTES).votes_for,
+                votes_against=decision.counts.get(u.committed_digest, NO_VOTES).votes_against,
+                reason=(decision.refused.get(name) or merged.refused.get(u.committed_digest)
+                        or _reason(ballots, u.committed_digest, u.committed_digest in result.accepted)),
                 payload_bytes=len(u.payload),
             )
             for name, u in updates.items()
@@ -181,6 +188,9 @@ class Simulation:
             if on_round is not None:
                 on_round(report)
         return reports
+
+
+NO_VOTES = Tally(0, 0)
 
 
 def _reason(ballots: dict[str, dict[bytes, Vote]], digest: bytes, accepted: bool) -> str:

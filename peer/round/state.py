@@ -11,11 +11,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from swarmtrain.peer.config import SwarmConfig
 from swarmtrain.peer.round.merge import OuterOptimizer, full_state
-from swarmtrain.peer.store.versions import Contribution, VersionCommit, VersionStore
+from swarmtrain.peer.store.versions import Contribution, StateChecksum, StoreError, VersionCommit, VersionStore
 from swarmtrain.peer.training.tasks import Task
 from swarmtrain.peer.training.trainer import model_params
 from swarmtrain.protocol import genesis_version_id, state_checksum
@@ -61,6 +62,43 @@ def genesis_state(task: Task, config: SwarmConfig) -> ModelState:
 def checksum_of(params: Mapping[str, Tensor], extra: Mapping[str, Tensor]) -> str:
     """State checksum (hex) of stored parameters + outer state, as the store's hook wants it."""
     return state_checksum({**params, **extra}).hex()
+
+
+def state_problem(params: Mapping[str, Tensor], extra: Mapping[str, Tensor],
+                  model: Mapping[str, Tensor]) -> str | None:
+    """Why a received state cannot be this swarm's model, or None when it can.
+
+    The checksum only proves that the bytes are what their publishers chose; these checks
+    make sure that what they chose is the model: exactly its tensor names, shapes and
+    dtypes, an outer state only for those names, and every value finite.
+    """
+    if set(params) != set(model):
+        odd = sorted(set(params) ^ set(model))
+        return f"its tensor names differ from the model's (e.g. {odd[:3]})"
+    prefix = "outer.momentum."
+    for name, tensor in extra.items():
+        if not name.startswith(prefix) or name[len(prefix):] not in model:
+            return f"it holds outer state {name!r} for no tensor of the model"
+    for name, tensor in [*params.items(), *((n[len(prefix):], t) for n, t in extra.items())]:
+        want = model[name]
+        if tensor.shape != want.shape or tensor.dtype != want.dtype:
+            return (f"{name!r} is {tensor.dtype} {tuple(tensor.shape)}, the model has "
+                    f"{want.dtype} {tuple(want.shape)}")
+        if not bool(torch.isfinite(tensor).all()):
+            return f"{name!r} holds values that are not finite"
+    return None
+
+
+def verified_checksum(model: Mapping[str, Tensor]) -> StateChecksum:
+    """The store's checksum hook for a state received from another peer: it refuses a
+    state that is not this model (:func:`state_problem`) before computing the checksum."""
+    def checksum(params: Mapping[str, Tensor], extra: Mapping[str, Tensor]) -> str:
+        problem = state_problem(params, extra, model)
+        if problem is not None:
+            raise StoreError(f"the state received is not this swarm's model: {problem}; "
+                             "fetch it from another peer")
+        return checksum_of(params, extra)
+    return checksum
 
 
 def load_version(store: VersionStore, version_hex: str, outer: OuterOptimizer, next_round: int) -> ModelState:

@@ -20,7 +20,7 @@ from swarmtrain.dht import ResultRecord
 from swarmtrain.peer.exchange.errors import FetchError
 from swarmtrain.peer.exchange.ring import ServedRing
 from swarmtrain.peer.round.context import RoundContext, max_state_bytes
-from swarmtrain.peer.round.state import ModelState, checksum_of, load_version
+from swarmtrain.peer.round.state import ModelState, load_version, verified_checksum
 from swarmtrain.peer.store.versions import StoreError, VersionCommit
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class StateSync:
             try:
                 data = ctx.exchange.fetch(peer, "state", version, max_size=max_state_bytes(state.params),
                                           timeout=STATE_TIMEOUT_S, progress=_progress_printer(version))
-                ctx.store.save_from_bytes(commit, data, checksum=checksum_of)
+                ctx.store.save_from_bytes(commit, data, checksum=verified_checksum(state.params))
             except (FetchError, StoreError) as error:
                 log.warning("state %s from %s failed: %s", version[:12], peer, error)
                 continue

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from swarmtrain.peer.config import VoteConfig
 from swarmtrain.peer.round.merge import apply_step
+from swarmtrain.peer.round.validity import structural_problem
 from swarmtrain.peer.training.norms import update_norm
 
 Evaluator = Callable[[Mapping[str, Tensor]], float]
@@ -65,17 +66,22 @@ def median_norm(norms: Iterable[float]) -> float | None:
     return statistics.median(finite) if finite else None
 
 
-def structural_problem(update: Mapping[str, Tensor], params: Mapping[str, Tensor]) -> str | None:
-    """Why the update cannot apply to these parameters, or None when it can."""
-    unknown = sorted(set(update) - set(params))
-    if unknown:
-        return f"unknown tensors {unknown[:3]}"
-    for name, tensor in update.items():
-        if tensor.shape != params[name].shape:
-            return f"shape of {name!r} is {tuple(tensor.shape)}, expected {tuple(params[name].shape)}"
-        if not bool(torch.isfinite(tensor).all()):
-            return f"non-finite values in {name!r}"
-    return None
+# How far the round's median may pull a checker's reference norm from its own honest
+# update's norm, either way. Without the anchor, identities sending many tiny (or huge)
+# updates drag the median until honest updates fail "above" (or "below") the norm bounds;
+# with it, an honest update within 2x of the checker's own always passes the norm check.
+ANCHOR_RATIO = 2.0
+
+
+def reference_norm(norms: Iterable[float], own_norms: Iterable[float]) -> float | None:
+    """The norm a round's updates are compared against: the median of theirs and the
+    checker's own, kept within ``ANCHOR_RATIO`` of the checker's own (when it has one)."""
+    own = [n for n in own_norms if math.isfinite(n) and n > 0]
+    med = median_norm([*norms, *own])
+    if med is None or not own:
+        return med
+    anchor = statistics.median(own)
+    return min(max(med, anchor / ANCHOR_RATIO), anchor * ANCHOR_RATIO)
 
 
 def judge(

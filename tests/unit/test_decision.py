@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from swarmtrain.peer.round.decision import Commitment, Vote, checker_table, decide
+from swarmtrain.peer.round.decision import MAX_COMMITS, Commitment, Vote, admit, checker_table, decide
 from swarmtrain.protocol import version_id
 
 PARENT = b"\x07" * 32
@@ -64,3 +64,43 @@ def test_the_decision_does_not_depend_on_the_order_records_were_read_in() -> Non
     a = _decide(commits, ballots)
     b = _decide(dict(reversed(list(commits.items()))), dict(reversed(list(ballots.items()))))
     assert a == b
+
+
+def test_a_copied_digest_is_kept_once_whichever_order_peers_read_the_records_in() -> None:
+    """Two authors of one digest: every peer keeps the same one, with one weight (the
+    records once gave peers different merge weights, so equal version ids with unequal
+    checksums)."""
+    commits = _commits()
+    copy = Commitment("copier", commits["p2"].digest, 10**6)
+    forward = {**commits, "copier": copy}
+    backward = dict(reversed(list(forward.items())))
+    a, b = decide(3, PARENT, forward, {}, checkers_per_update=2, max_samples=500), \
+        decide(3, PARENT, backward, {}, checkers_per_update=2, max_samples=500)
+    assert a == b
+    assert a.authors[copy.digest] == "p2" and a.weights[copy.digest] == 100  # the smaller claim
+    assert a.refused == {"copier": "duplicate of p2's update"}
+    assert "copier" not in {p for who in a.checkers.values() for p in who}
+
+
+def test_standing_wins_a_copied_digest() -> None:
+    commits = {"old": Commitment("old", b"\x05" * 32, 400), "new": Commitment("new", b"\x05" * 32, 1)}
+    decision = decide(3, PARENT, commits, {}, checkers_per_update=2, max_samples=500, standing={"old"})
+    assert decision.authors == {b"\x05" * 32: "old"} and "new" in decision.refused
+
+
+def test_a_flood_of_commitments_is_capped_and_peers_with_standing_come_first() -> None:
+    flood = {f"sybil{i:03d}": Commitment(f"sybil{i:03d}", i.to_bytes(2, "big") * 16, 100) for i in range(200)}
+    honest = {p: Commitment(p, bytes([0xF0 + i]) * 32, 100) for i, p in enumerate(["h1", "h2", "h3"])}
+    admission = admit(5, {**flood, **honest}, standing={"h1", "h2", "h3"})
+    assert len(admission.admitted) == MAX_COMMITS
+    assert {"h1", "h2", "h3"} <= set(admission.admitted)
+    assert len(admission.refused) == 203 - MAX_COMMITS
+    assert all("cap" in why for why in admission.refused.values())
+    decision = decide(5, PARENT, {**flood, **honest}, {}, checkers_per_update=3, max_samples=500,
+                      standing={"h1", "h2", "h3"})
+    # No peer is assigned more checks than one ballot record holds.
+    per_checker: dict[str, int] = {}
+    for who in decision.checkers.values():
+        for p in who:
+            per_checker[p] = per_checker.get(p, 0) + 1
+    assert max(per_checker.values()) <= MAX_COMMITS

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from memswarm import MemoryPeer, fake_peer_id, memory_swarm
 
-from swarmtrain.dht import ResultRecord
+from swarmtrain.dht import CommitRecord, ResultRecord, Verdict, VoteRecord
 from swarmtrain.peer.config import max_samples, preset
 from swarmtrain.peer.round.clock import ManualClock, Phase
 from swarmtrain.peer.round.decision import Vote, decide
@@ -17,9 +18,11 @@ from swarmtrain.peer.training.worker import TrainingWorker
 CONFIG = preset("smoke").replace(task="synthetic")
 
 
-def _lockstep_round(peers: list[MemoryPeer], clock: ManualClock, r: int, before: int, after: int) -> None:
+def _lockstep_round(peers: list[MemoryPeer], clock: ManualClock, r: int, before: int, after: int,
+                    after_votes: Callable[[], None] | None = None) -> None:
     """Every peer through round ``r`` phase by phase: ``before`` steps up to the commit
-    point, ``after`` more while the round is checked and merged (the overlap)."""
+    point, ``after`` more while the round is checked and merged (the overlap);
+    ``after_votes`` runs once every peer has voted."""
     phases = peers[0].ctx.phases
     for p in peers:
         p.tracker.train(before)
@@ -29,6 +32,8 @@ def _lockstep_round(peers: list[MemoryPeer], clock: ManualClock, r: int, before:
         p.engine.commit(r, updates[p.name])
     clock.sleep_until(phases.deadline(r, Phase.COMMIT))
     verdicts = {p.name: p.engine.check_and_vote(r, p.state, updates[p.name]) for p in peers}
+    if after_votes is not None:
+        after_votes()
     for p in peers:
         p.tracker.train(after)
     clock.sleep_until(phases.deadline(r, Phase.VOTE))
@@ -157,3 +162,47 @@ def test_a_minority_peer_that_cannot_resync_stays_on_the_version_it_agreed_on(tm
     new, resynced = a.sync.agree(1, v1, None)
     assert new is v1 and not resynced and a.sync.resyncs == 0
     assert any("not the majority's" in line for line in a.lines)
+
+
+def test_a_commitment_published_after_the_commit_deadline_is_ignored(tmp_path: Path) -> None:
+    """A late commit used to join the checker draw at tally time: one late identity
+    turned an honest update's 3-0 accept into a reject. The set is now frozen."""
+    peers, clock, table = memory_swarm(tmp_path, CONFIG, ["a", "b", "c", "d"])
+    late = fake_peer_id("late")
+
+    def late_commit_and_reject_everything() -> None:
+        honest = table.rows[("commits", 0)]
+        table.rows[("commits", 0)][late] = CommitRecord(
+            peer_id=late, digest="ee" * 32, size=100, samples=1,
+            base_version=peers[0].state.version.hex(), train_loss=1.0)
+        table.rows.setdefault(("votes", 0), {})[late] = VoteRecord(voter=late, votes={
+            c.digest: Verdict(accept=False, loss_delta=1.0, reason="late says no") for c in honest.values()})
+
+    _lockstep_round(peers, clock, 0, before=20, after=5, after_votes=late_commit_and_reject_everything)
+    history = peers[0].ctx.store.commit(peers[0].state.version.hex())
+    assert len(history.accepted) == 4 and late not in {c.peer_id for c in history.contributions}
+    assert len({(p.state.version, p.state.checksum) for p in peers}) == 1
+
+
+def test_a_majority_state_that_is_not_the_model_is_refused_even_with_a_matching_checksum(tmp_path: Path) -> None:
+    """3 fake results against 3 honest ones once made a peer adopt a "state" of one float64
+    tensor of 1e30 under a foreign name: the checksum only proved the bytes were what the
+    fakes had chosen."""
+    import torch
+
+    from swarmtrain.peer.round.state import checksum_of
+    from swarmtrain.peer.store.state import pack_state
+    peers, clock, table = memory_swarm(tmp_path, CONFIG, ["a", "b", "c"])
+    _lockstep_round(peers, clock, 0, before=20, after=0)
+    a = peers[0]
+    v1 = a.state
+    forged = {"evil": torch.full((4,), 1e30, dtype=torch.float64)}
+    checksum = checksum_of(forged, {})
+    for name in ("x", "y", "z", "w"):
+        fake = fake_peer_id(name)
+        table.rows.setdefault(("results", 1), {})[fake] = ResultRecord(
+            peer_id=fake, version_id="ab" * 32, state_checksum=checksum, accepted=[])
+        a.ctx.exchange.blobs[(fake, "state", "ab" * 32)] = pack_state(forged, {})  # type: ignore[attr-defined]
+    new, resynced = a.sync.agree(1, v1, None)
+    assert new is v1 and not resynced
+    assert not a.ctx.store.has_state("ab" * 32)

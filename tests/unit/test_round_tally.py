@@ -27,7 +27,7 @@ def _view() -> RoundDecision:
     return RoundDecision(round=0, parent=b"\0" * 32, authors={D1: "p1", D2: "p2", D3: "p3"}, checkers={},
                          counts={D1: Tally(2, 0), D2: Tally(0, 2), D3: Tally(0, 1)},
                          rejections={D2: "digest mismatch"}, weights={D1: 1, D2: 1, D3: 1},
-                         accepted=(D1,), next_version=b"\1" * 32)
+                         accepted=(D1,), next_version=b"\1" * 32, refused={})
 
 
 def test_history_reason_prefers_my_own_then_the_checkers_then_the_tally() -> None:

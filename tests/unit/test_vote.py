@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from swarmtrain.peer.round.assignment import assignments, checkers_for, to_check
@@ -114,3 +115,42 @@ def test_small_swarm_checks_everything() -> None:
     assert table[b"\x01" * 32] == sorted(["b", "c"], key=lambda p: table[b"\x01" * 32].index(p))
     assert set(table[b"\x01" * 32]) == {"b", "c"}
     assert to_check(0, "a", authors, peers, 3) == [b"\x02" * 32, b"\x03" * 32]
+
+
+def test_the_checker_draw_hashes_each_peer_and_update_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """P peers with one update each cost 2P hashes (and a sort), not P^2 as pairwise scoring did."""
+    from swarmtrain.peer.round import assignment
+    calls = 0
+    real = assignment._point
+
+    def counting(round_index: int, item: bytes) -> bytes:
+        nonlocal calls
+        calls += 1
+        return real(round_index, item)
+
+    monkeypatch.setattr(assignment, "_point", counting)
+    peers = [f"peer{i:05d}" for i in range(2000)]
+    authors = {i.to_bytes(2, "big") * 16: p for i, p in enumerate(peers)}
+    table = assignments(7, authors, peers, 3)
+    assert calls == 2 * len(peers)
+    assert all(len(c) == 3 and authors[d] not in c for d, c in table.items())
+    counts: dict[str, int] = {}
+    for checkers in table.values():
+        for p in checkers:
+            counts[p] = counts.get(p, 0) + 1
+    assert max(counts.values()) <= 64, max(counts.values())  # a ballot holds at most 64 verdicts
+
+
+def test_junk_updates_cannot_drag_the_reference_norm_away_from_the_checkers_own() -> None:
+    """Many tiny (or huge) junk updates used to move the round's median until honest
+    updates failed "above 4x median" (or "below 0.1x median")."""
+    from swarmtrain.peer.round.vote import ANCHOR_RATIO, reference_norm
+    honest, own = [1.1, 0.9], [1.0]
+    tiny = reference_norm([*honest, *[1e-6] * 20], own)
+    huge = reference_norm([*honest, *[1e6] * 20], own)
+    assert tiny == 1.0 / ANCHOR_RATIO and huge == 1.0 * ANCHOR_RATIO
+    config = VoteConfig()
+    for ref in (tiny, huge):
+        assert config.min_norm_ratio * ref <= 0.9 and 1.1 <= config.max_norm_ratio * ref
+    assert reference_norm(honest, own) == 1.0  # an honest round: the plain median
+    assert reference_norm([3.0], []) == 3.0    # no own update: nothing to anchor to
