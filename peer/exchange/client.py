@@ -29,6 +29,7 @@ from swarmtrain.peer.exchange.errors import (
     DigestMismatch,
     FetchTimeout,
     LocalP2PError,
+    PeerBusy,
     PeerUnavailable,
 )
 from swarmtrain.peer.exchange.streams import close_quietly, read_frame, write_frame
@@ -58,6 +59,10 @@ logger = logging.getLogger(__name__)
 # progress(received_bytes, total_bytes): called on the event loop thread after the header
 # and after every data frame; keep it quick and thread-safe.
 Progress = Callable[[int, int], None]
+
+# Pauses between retries of a peer that answered "busy": doubling, up to the maximum.
+BUSY_RETRY_FIRST_S = 0.1
+BUSY_RETRY_MAX_S = 1.0
 
 
 @dataclass(slots=True)
@@ -101,7 +106,17 @@ async def fetch_blob(
     fetch = _Fetch(peer_id, kind, digest_hex, stats if stats is not None else ClientStats())
     try:
         async with asyncio.timeout(timeout):
-            data = await fetch.run(p2p, remote, protocol, max_size, target, progress, stall_timeout)
+            pause = BUSY_RETRY_FIRST_S
+            while True:
+                try:
+                    data = await fetch.run(p2p, remote, protocol, max_size, target, progress, stall_timeout)
+                    break
+                except PeerBusy:
+                    # Its slots free up as other fetches finish: retry within our deadline
+                    # (the deadline's TimeoutError below ends the loop).
+                    fetch.phase = "waiting for a busy peer"
+                    await asyncio.sleep(pause)
+                    pause = min(2 * pause, BUSY_RETRY_MAX_S)
     except TimeoutError as exc:
         fetch.stats.fetches_failed += 1
         raise FetchTimeout(
@@ -235,6 +250,8 @@ class _Fetch:
         what = f"{self.kind} {self.digest_hex[:16]}…"
         if event.code == ERR_NOT_FOUND:
             return BlobNotFound(f"peer {peer} does not hold {what}: {event.message}", peer_id=peer)
-        if event.code in (ERR_BUSY, ERR_UNAVAILABLE):
+        if event.code == ERR_BUSY:
+            return PeerBusy(f"peer {peer} is busy serving others: {event.message}", peer_id=peer)
+        if event.code == ERR_UNAVAILABLE:
             return PeerUnavailable(f"peer {peer} cannot serve {what} now ({event.code}): {event.message}", peer_id=peer)
         return BadResponse(f"peer {peer} refused the request for {what} ({event.code}): {event.message}", peer_id=peer)

@@ -24,6 +24,11 @@ class PeerUnavailable(FetchError):
     """
 
 
+class PeerBusy(PeerUnavailable):
+    """The peer answered "busy": all its serving slots were taken. The fetch retries it
+    after a pause while its deadline allows."""
+
+
 class LocalP2PError(FetchError):
     """Our own p2p daemon could not be reached (the DHT was shut down or crashed).
 

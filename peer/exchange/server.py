@@ -30,6 +30,7 @@ from swarmtrain.protocol.framing import (
     ERR_UNAVAILABLE,
     MAX_REQUEST_FRAME,
     PROTOCOL_NAME,
+    BlobRequest,
     check_chunk,
     check_digest_hex,
     check_kind,
@@ -151,6 +152,7 @@ class ServerStats:
     blobs_served: int = 0  # responses whose last data frame was written
     requests_refused: int = 0  # error frames sent (not found, bad request, busy, ...)
     streams_dropped: int = 0  # client went away or stopped reading mid-response
+    streams_shed: int = 0  # closed unread: the peer (or everyone) had too many streams open
 
 
 class BlobServer:
@@ -165,6 +167,8 @@ class BlobServer:
         request_timeout: float = 10.0,
         send_timeout: float = 30.0,
         max_concurrent_streams: int = 32,
+        max_streams_per_peer: int = 4,
+        max_open_streams: int = 256,
     ) -> None:
         self.store = store
         self.protocol = protocol
@@ -172,8 +176,12 @@ class BlobServer:
         self.request_timeout = request_timeout
         self.send_timeout = send_timeout
         self.max_concurrent_streams = max_concurrent_streams
+        self.max_streams_per_peer = max_streams_per_peer
+        self.max_open_streams = max_open_streams
         self.stats = ServerStats()
         self._active = 0
+        self._open = 0
+        self._open_by_peer: dict[str, int] = {}
         self._p2p: P2P | None = None
 
     @property
@@ -196,19 +204,34 @@ class BlobServer:
                 await p2p.remove_binary_stream_handler(self.protocol)
 
     async def _handle(self, info: StreamInfo, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Limits, cheapest first, so that idle streams cost their opener and nobody else:
+
+        - a peer with ``max_streams_per_peer`` streams open (or a server with
+          ``max_open_streams``) has further streams closed unread: honest peers fetch one
+          or two blobs from a peer at a time, and an idle flood must not hold tasks;
+        - the request is read before a serving slot is taken, so a stream that never
+          sends one (it times out after ``request_timeout``) holds no slot;
+        - with ``max_concurrent_streams`` responses in flight, a "busy" error frame, which
+          the client retries after a pause.
+        """
         peer = info.peer_id.to_base58()
+        if self._open_by_peer.get(peer, 0) >= self.max_streams_per_peer or self._open >= self.max_open_streams:
+            self.stats.streams_shed += 1
+            close_quietly(writer)
+            return
+        self._open += 1
+        self._open_by_peer[peer] = self._open_by_peer.get(peer, 0) + 1
         response = _ResponseState()
         try:
+            request = await self._read_request(reader, writer)
+            if request is None:
+                return
             if self._active >= self.max_concurrent_streams:
-                # Take the (tiny) request off the stream first: refusing before the client
-                # has written it races with its write, and p2pd may reset the stream and
-                # lose the error frame (seen under load as "broken pipe").
-                await read_frame(reader, MAX_REQUEST_FRAME, self.request_timeout)
                 await self._refuse(writer, ERR_BUSY, f"{self._active} streams in flight; retry later")
                 return
             self._active += 1
             try:
-                await self._serve_one(peer, reader, writer, response)
+                await self._serve_one(peer, request, writer, response)
             finally:
                 self._active -= 1
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError) as exc:
@@ -227,20 +250,25 @@ class BlobServer:
                 except (ConnectionError, TimeoutError, RuntimeError) as exc:
                     logger.debug("could not report the internal error to %s: %r", peer, exc)
         finally:
+            self._open -= 1
+            left = self._open_by_peer.pop(peer) - 1
+            if left:
+                self._open_by_peer[peer] = left
             close_quietly(writer)
 
-    async def _serve_one(
-        self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, response: _ResponseState
-    ) -> None:
+    async def _read_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> BlobRequest | None:
+        """The request, or None after refusing a malformed or missing one."""
         try:
-            request = decode_request(await read_frame(reader, MAX_REQUEST_FRAME, self.request_timeout))
+            return decode_request(await read_frame(reader, MAX_REQUEST_FRAME, self.request_timeout))
         except ProtocolError as exc:
             await self._refuse(writer, ERR_BAD_REQUEST, str(exc))
-            return
         except TimeoutError:
             await self._refuse(writer, ERR_BAD_REQUEST, f"no request within {self.request_timeout} s")
-            return
+        return None
 
+    async def _serve_one(
+        self, peer: str, request: BlobRequest, writer: asyncio.StreamWriter, response: _ResponseState
+    ) -> None:
         entry = self.store.get(request.kind, request.digest_hex)
         if entry is None:
             await self._refuse(writer, ERR_NOT_FOUND, f"no {request.kind} blob {request.digest_hex} here")

@@ -40,6 +40,7 @@ from swarmtrain.peer.exchange.errors import (
     FetchError,
     FetchTimeout,
     LocalP2PError,
+    PeerBusy,
     PeerUnavailable,
 )
 from swarmtrain.peer.exchange.loop import LoopThread
@@ -50,7 +51,7 @@ from swarmtrain.protocol.framing import DEFAULT_CHUNK, PROTOCOL_NAME, check_chun
 __all__ = [
     "BadResponse", "BlobNotFound", "BlobProvider", "BlobServer", "BlobStore", "BlobTooLarge",
     "DigestMismatch", "Exchange", "ExchangeConfig", "ExchangeStats", "FetchError", "FetchTimeout",
-    "LocalP2PError", "PROTOCOL_NAME", "PeerUnavailable", "ProviderFailed", "blob_digest", "fetch_blob",
+    "LocalP2PError", "PROTOCOL_NAME", "PeerBusy", "PeerUnavailable", "ProviderFailed", "blob_digest", "fetch_blob",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class ExchangeConfig:
     request_timeout: float = 10.0  # a client must send its request within this
     send_timeout: float = 30.0  # a client must accept each frame within this
     max_concurrent_streams: int = 32  # more get a "busy" error frame
+    max_streams_per_peer: int = 4     # a peer's further streams are closed unread
     # uvloop runs hivemind's P2P in a thread without trouble. Measured on loopback (64 MiB,
     # 2 shared cores) it is no faster than asyncio, 200-300 MiB/s both: the p2pd hops
     # bound throughput, not the loop. It is the default because the design names uvloop as the event loop;
@@ -86,6 +88,8 @@ class ExchangeConfig:
             raise ValueError("exchange timeouts must be > 0 seconds")
         if self.max_concurrent_streams < 1:
             raise ValueError(f"exchange.max_concurrent_streams must be >= 1, got {self.max_concurrent_streams}")
+        if self.max_streams_per_peer < 1:
+            raise ValueError(f"exchange.max_streams_per_peer must be >= 1, got {self.max_streams_per_peer}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +137,7 @@ class Exchange:
             request_timeout=config.request_timeout,
             send_timeout=config.send_timeout,
             max_concurrent_streams=config.max_concurrent_streams,
+            max_streams_per_peer=config.max_streams_per_peer,
         )
         try:
             p2p = loop.run(P2P.replicate(maddr), config.start_timeout)

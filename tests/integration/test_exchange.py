@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -240,32 +241,74 @@ def test_malformed_request_gets_an_error_frame(exchanges: tuple[Exchange, Exchan
     assert isinstance(response, ErrorResponse) and response.code == "bad_request"
 
 
-def test_busy_server_refuses_with_an_error_frame(exchanges: tuple[Exchange, Exchange]) -> None:
+def test_a_busy_server_says_so_and_the_client_retries_until_a_slot_frees(exchanges: tuple[Exchange, Exchange]) -> None:
     a, b = exchanges
     data, digest = make_blob(10, seed=7)
+    release = threading.Event()
     store = BlobStore(max_bytes=MiB, max_entries=4)
     store.put("update", digest, data)
+    slow_digest = "5" * 64
+    store.put_provider("state", slow_digest, lambda: data if release.wait(10) else b"")
     server = BlobServer(store, protocol="test.busy", max_concurrent_streams=1, request_timeout=1)
     a.submit(server.start(a.p2p)).result(10)
+    try:
+        # The only serving slot is taken by a response whose provider waits.
+        slow = b.submit(fetch_blob(b.p2p, a.peer_id, "state", slow_digest, max_size=MiB, timeout=20,
+                                   protocol="test.busy"))
+        deadline = time.monotonic() + 10
+        while server.active_streams < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        waiting = b.submit(fetch_blob(b.p2p, a.peer_id, "update", digest, max_size=MiB, timeout=20,
+                                      protocol="test.busy"))
+        while server.stats.requests_refused < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.stats.requests_refused >= 1 and not waiting.done()  # told "busy", and retrying
+        # Busy past the deadline: a timeout that says what it was waiting for.
+        with pytest.raises(FetchTimeout, match="busy"):
+            fetch_raw(b, a, digest, "test.busy", timeout=1.0)
+        release.set()
+        assert slow.result(20) == data and waiting.result(20) == data
+    finally:
+        release.set()
+        a.submit(server.stop()).result(10)
+
+
+def test_idle_streams_cost_their_opener_and_nobody_else(dhts: tuple[DHT, DHT],
+                                                        exchanges: tuple[Exchange, Exchange]) -> None:
+    """32 idle streams used to take every slot of a peer's blob server, and its update was
+    then "not downloaded" by everyone. Now a stream holds no serving slot until it has sent
+    its request, and one peer's streams beyond its limit are closed unread."""
+    a, b = exchanges
+    data, digest = make_blob(10, seed=8)
+    store = BlobStore(max_bytes=MiB, max_entries=4)
+    store.put("update", digest, data)
+    server = BlobServer(store, protocol="test.idle", max_concurrent_streams=1, max_streams_per_peer=4,
+                        request_timeout=2)
+    a.submit(server.start(a.p2p)).result(10)
+    third = DHT(start=True, host_maddrs=LOCAL, initial_peers=[str(m) for m in dhts[0].get_visible_maddrs()])
+    c = Exchange.start(third)
 
     async def hold_a_stream(p2p: P2P) -> bytes:
-        # Opens a stream and sends nothing, occupying the only slot until request_timeout.
-        _, reader, writer = await p2p.call_binary_stream_handler(PeerID.from_base58(a.peer_id), "test.busy")
+        _, reader, writer = await p2p.call_binary_stream_handler(PeerID.from_base58(a.peer_id), "test.idle")
         try:
-            return await read_frame(reader, MAX_RESPONSE_FRAME, 10)
+            return await reader.read()  # until the server closes it
         finally:
             writer.close()
 
     try:
-        holder = b.submit(hold_a_stream(b.p2p))
+        holders = [b.submit(hold_a_stream(b.p2p)) for _ in range(32)]
         deadline = time.monotonic() + 10
-        while server.active_streams < 1 and time.monotonic() < deadline:
+        while server.stats.streams_shed < 28 and time.monotonic() < deadline:
             time.sleep(0.02)
-        with pytest.raises(PeerUnavailable, match="busy"):
-            fetch_raw(b, a, digest, "test.busy")
-        assert isinstance(decode_response(holder.result(10)), ErrorResponse)  # timed out politely
-        assert fetch_raw(b, a, digest, "test.busy") == data  # the slot is free again
+        assert server.stats.streams_shed == 28  # b's streams beyond its 4 were closed unread
+        assert server.active_streams == 0       # and the 4 it keeps hold no serving slot
+        assert fetch_raw(c, a, digest, "test.idle") == data  # another peer is served at once
+        for holder in holders:
+            holder.result(10)  # each idle stream ends: shed at once, or after request_timeout
+        assert fetch_raw(b, a, digest, "test.idle") == data  # and b itself once it behaves
     finally:
+        c.close()
+        third.shutdown()
         a.submit(server.stop()).result(10)
 
 
