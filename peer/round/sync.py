@@ -11,6 +11,7 @@ nothing here assigns a node's state.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import sys
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 # How many rounds back a catching-up peer looks for published results.
 LOOKBACK_ROUNDS = 8
 STATE_TIMEOUT_S = 120.0
+STATE_STALL_S = 15.0   # a holder silent this long between two frames is dropped
+PARALLEL_HOLDERS = 3   # holders a state is requested from at once
 SERVED_STATES = 2
 
 
@@ -110,20 +113,38 @@ class StateSync:
         parent = state.version.hex() if state.round == produced_in and state.version.hex() != version else None
         commit = VersionCommit(version_id=version, parent_id=parent, round=produced_in, created=ctx.clock.time(),
                                contributions=(), validation_loss=None, state_checksum=checksum)
-        for peer in candidates:
+        # Several holders at once, each bounded by a stall timeout: one that accepts the
+        # stream and then sends nothing costs STATE_STALL_S, not the whole deadline, and
+        # never delays the others. The first state that verifies wins; the rest are
+        # cancelled (at most PARALLEL_HOLDERS copies cross the wire).
+        for start in range(0, len(candidates), PARALLEL_HOLDERS):
             started = ctx.clock.time()
+            batch = candidates[start:start + PARALLEL_HOLDERS]
+            futures = {
+                ctx.exchange.fetch_future(peer, "state", version, max_size=max_state_bytes(state.params),
+                                          timeout=STATE_TIMEOUT_S, stall_timeout=STATE_STALL_S,
+                                          progress=_progress_printer(version) if peer == batch[0] else None): peer
+                for peer in batch
+            }
             try:
-                data = ctx.exchange.fetch(peer, "state", version, max_size=max_state_bytes(state.params),
-                                          timeout=STATE_TIMEOUT_S, progress=_progress_printer(version))
-                ctx.store.save_from_bytes(commit, data, checksum=verified_checksum(state.params))
-            except (FetchError, StoreError) as error:
-                log.warning("state %s from %s failed: %s", version[:12], peer, error)
-                continue
-            synced = load_version(ctx.store, version, state.outer, next_round=produced_in + 1)
-            self.serve(synced)
-            ctx.announce(f"synced version {version[:12]} ({len(data) / 1e6:.1f} MB, checksum ok) "
-                         f"from {peer[:12]} in {ctx.clock.time() - started:.1f}s")
-            return synced
+                for future in concurrent.futures.as_completed(futures, timeout=STATE_TIMEOUT_S + 5.0):
+                    peer = futures[future]
+                    try:
+                        data = future.result()
+                        ctx.store.save_from_bytes(commit, data, checksum=verified_checksum(state.params))
+                    except (FetchError, StoreError) as error:
+                        log.warning("state %s from %s failed: %s", version[:12], peer, error)
+                        continue
+                    synced = load_version(ctx.store, version, state.outer, next_round=produced_in + 1)
+                    self.serve(synced)
+                    ctx.announce(f"synced version {version[:12]} ({len(data) / 1e6:.1f} MB, checksum ok) "
+                                 f"from {peer[:12]} in {ctx.clock.time() - started:.1f}s")
+                    return synced
+            except concurrent.futures.TimeoutError:
+                log.warning("state %s: no holder of %s answered in time", version[:12], batch)
+            finally:
+                for future in futures:
+                    future.cancel()
         ctx.announce(f"could not download version {version[:12]} from any of {len(candidates)} peer(s); "
                      "will retry next round")
         return None

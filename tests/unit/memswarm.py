@@ -107,8 +107,9 @@ class MemoryExchange:
         self.received += len(data)
         return data
 
-    def fetch_future(self, peer_id: str, kind: str, digest_hex: str, *, max_size: int,
-                     timeout: float) -> concurrent.futures.Future[bytes]:
+    def fetch_future(self, peer_id: str, kind: str, digest_hex: str, *, max_size: int, timeout: float,
+                     stall_timeout: float | None = None,
+                     progress: Progress | None = None) -> concurrent.futures.Future[bytes]:
         future: concurrent.futures.Future[bytes] = concurrent.futures.Future()
         try:
             future.set_result(self.fetch(peer_id, kind, digest_hex, max_size=max_size, timeout=timeout))
