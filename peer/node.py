@@ -53,6 +53,10 @@ class JoinError(RuntimeError):
     """This peer cannot join the swarm as configured; the message says what to change."""
 
 
+# How long after the commit deadline a ``late-commit`` peer publishes its commitment.
+LATE_COMMIT_S = 0.5
+
+
 @dataclass(frozen=True, kw_only=True)
 class NodeOptions:
     """What differs per peer (the swarm's shared settings come from the genesis)."""
@@ -286,6 +290,8 @@ class Node:
                 self.heartbeat(role="training")
                 clock.sleep_until(commit_at)
                 update = self.contributor.contribute(self.worker.snapshot(), self.state.version)
+                if faults.commits_late(self.options.fault):
+                    clock.sleep_until(phases.deadline(r, Phase.COMMIT) + LATE_COMMIT_S)
                 try:
                     result = self.engine.play(r, self.state, update, on_merged=self._adopt)
                 except DHTTimeoutError as error:

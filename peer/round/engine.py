@@ -168,8 +168,10 @@ class RoundEngine:
         accepted = decision.accepted
         payloads = self._fetch_payloads({d: decision.authors[d] for d in accepted}, state,
                                         ctx.phases.deadline(r, Phase.VOTE) + 0.5 * ctx.config.timing.agree_s)
-        if any(payloads.get(d) is None for d in accepted):
-            log.warning("an accepted update could not be fetched: this peer will resync")
+        missing = [d for d in accepted if payloads.get(d) is None]
+        if missing:
+            log.warning("accepted update %s could not be fetched (%s): this peer will resync",
+                        missing[0].hex()[:12], self.fetch_failures.get(missing[0], "no reason recorded"))
             return None
         outcome = merge_round(state.params, state.version,
                               {d: (decision.weights[d], payloads[d]) for d in accepted},  # type: ignore[misc]

@@ -134,7 +134,10 @@ class Simulation:
             u.committed_digest: Submission(name, u.committed_digest, u.base_version, u.samples, u.payload)
             for name, u in updates.items()
         }
-        commitments = {name: Commitment(name, u.committed_digest, u.samples) for name, u in updates.items()}
+        # A late committer's record arrives after the others froze the round's commit set.
+        late = {p.name for p in self.peers if faults.commits_late(p.contributor.fault)}
+        commitments = {name: Commitment(name, u.committed_digest, u.samples)
+                       for name, u in updates.items() if name not in late}
         admitted = admit(self.round, commitments, standing=self._standing).admitted
         checkers = checker_table(self.round, admitted, self.config.vote.checkers_per_update)
         cap = max_samples(self.config)
@@ -165,7 +168,8 @@ class Simulation:
                 accepted=u.committed_digest in result.accepted,
                 votes_for=decision.counts.get(u.committed_digest, NO_VOTES).votes_for,
                 votes_against=decision.counts.get(u.committed_digest, NO_VOTES).votes_against,
-                reason=(decision.refused.get(name) or merged.refused.get(u.committed_digest)
+                reason=("committed after the commit deadline: ignored" if name in late
+                        else decision.refused.get(name) or merged.refused.get(u.committed_digest)
                         or _reason(ballots, u.committed_digest, u.committed_digest in result.accepted)),
                 payload_bytes=len(u.payload),
             )

@@ -91,7 +91,7 @@ class Contributor:
         if faults.corrupts_tensors(mode):
             bad = faults.corrupt(mode, to_send, self._generator)
             payload, sent = encode_update_and_reconstruct(bad, density=codec.density, bits=codec.bits,
-                                                          chunk=codec.chunk,
+                                                          chunk=codec.chunk, metadata=faults.metadata(mode, self._generator),
                                                           check_finite=not faults.allows_nonfinite(mode))
         digest = update_digest(payload)
         update = LocalUpdate(
@@ -99,7 +99,7 @@ class Contributor:
             digest=digest,
             committed_digest=faults.corrupt_digest(mode, digest),
             base_version=base_version,
-            samples=max(1, samples),
+            samples=max(1, faults.claimed_samples(mode, samples)),
             train_loss=snap.train_loss,
             steps=snap.steps,
             train_seconds=snap.train_seconds,

@@ -21,9 +21,15 @@ FAULT_MODES: dict[str, str] = {
     "stale-base": "base-version check (built on an older version)",
     "replay": "replay check (resends an update already seen)",
     "free-rider": "norm check (claims samples, trains nothing, sends almost nothing)",
+    "overflow": "norm check; clipped at merge if voted in (finite values near 1e30 that overflow a mean)",
+    "inflate": "sample-claim check; capped at merge (claims 10^12 samples for a round's work)",
+    "metadata": "settings check (grinds its digest, and so its checkers, through payload metadata)",
+    "late-commit": "commit-set freeze (commits after the commit deadline; ignored by the others)",
 }
 
 SCALE_FACTOR = 10.0
+OVERFLOW_FACTOR = 1e30
+INFLATED_SAMPLES = 10**12
 
 
 class FaultError(ValueError):
@@ -62,10 +68,30 @@ def corrupt(mode: str | None, update: Mapping[str, Tensor], generator: torch.Gen
         return out
     if mode == "free-rider":
         return {name: torch.randn(t.shape, generator=generator) * 1e-7 for name, t in out.items()}
+    if mode == "overflow":
+        return {name: t * OVERFLOW_FACTOR for name, t in out.items()}
     return out
 
 
-TENSOR_FAULTS = frozenset({"noise", "scale", "sign-flip", "nan", "free-rider"})
+TENSOR_FAULTS = frozenset({"noise", "scale", "sign-flip", "nan", "free-rider", "overflow", "metadata"})
+
+
+def claimed_samples(mode: str | None, samples: int) -> int:
+    """The sample count a peer in this mode claims for ``samples`` of real work."""
+    return INFLATED_SAMPLES if mode == "inflate" else samples
+
+
+def metadata(mode: str | None, generator: torch.Generator) -> dict[str, int] | None:
+    """Payload metadata: none for honest peers; a random nonce for ``metadata``, which is
+    how an author would grind digests (and so its checkers) for free."""
+    if mode != "metadata":
+        return None
+    return {"nonce": int(torch.randint(0, 2**31, (1,), generator=generator))}
+
+
+def commits_late(mode: str | None) -> bool:
+    """Whether the peer publishes its commitment after the commit deadline."""
+    return mode == "late-commit"
 
 
 def corrupts_tensors(mode: str | None) -> bool:

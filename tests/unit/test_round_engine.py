@@ -206,3 +206,37 @@ def test_a_majority_state_that_is_not_the_model_is_refused_even_with_a_matching_
     new, resynced = a.sync.agree(1, v1, None)
     assert new is v1 and not resynced
     assert not a.ctx.store.has_state("ab" * 32)
+
+
+def test_a_state_is_fetched_from_several_holders_at_once_and_bad_ones_are_skipped(tmp_path: Path) -> None:
+    """Holders that stall or serve other bytes cost nothing but their own request: they
+    are asked in parallel with the others, and the first state that verifies wins."""
+    import concurrent.futures
+
+    from swarmtrain.peer.exchange.errors import FetchTimeout
+    peers, clock, table = memory_swarm(tmp_path, CONFIG, ["a", "b", "c", "late"])
+    *early, late = peers
+    _lockstep_round(early, clock, 0, before=20, after=0)
+    v1 = early[0].state
+    exchange = late.ctx.exchange
+    requested: list[str] = []
+    staller, forger = fake_peer_id("staller"), fake_peer_id("forger")
+    exchange.blobs[(forger, "state", v1.version.hex())] = b"not a state"  # type: ignore[attr-defined]
+    real_fetch_future = exchange.fetch_future
+
+    def fetch_future(peer_id: str, kind: str, digest_hex: str, **kwargs: object) -> concurrent.futures.Future[bytes]:
+        requested.append(peer_id)
+        assert kwargs.get("stall_timeout"), "every state request is bounded by a stall timeout"
+        if peer_id == staller:
+            future: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+            future.set_exception(FetchTimeout("stalled between frames", peer_id=peer_id))
+            return future
+        return real_fetch_future(peer_id, kind, digest_hex, **kwargs)  # type: ignore[arg-type]
+
+    exchange.fetch_future = fetch_future  # type: ignore[method-assign]
+    for fake in (staller, forger):
+        table.rows[("results", 0)][fake] = table.rows[("results", 0)][fake_peer_id("a")]
+    caught = late.sync.catch_up(1, late.state)
+    assert (caught.version, caught.checksum) == (v1.version, v1.checksum)
+    assert len(requested) >= 3 and len(set(requested)) == len(requested)
+    assert any("synced version" in line for line in late.lines)

@@ -25,7 +25,13 @@ def _synthetic(rounds_steps: int = 40) -> SwarmConfig:
     return base.replace(train=dataclasses.replace(base.train, inner_steps=rounds_steps))
 
 
-@pytest.mark.parametrize("mode", sorted(FAULT_MODES))
+# A late commitment is not in the round at all: tested below with one more peer, so that
+# its rounds hold as many updates as the others' (this toy run overshoots in round 2 with
+# three updates, and honest ones then fail the loss vote by a few thousandths).
+ROUND_MODES = sorted(set(FAULT_MODES) - {"late-commit"})
+
+
+@pytest.mark.parametrize("mode", ROUND_MODES)
 def test_fault_is_rejected_and_honest_peers_accepted(mode: str) -> None:
     sim = Simulation(_synthetic(), peers=4, fault=mode)
     reports = sim.run(4)
@@ -72,3 +78,14 @@ def test_overlapped_rounds_are_deterministic_and_train() -> None:
     assert all(r.accepted == 3 for r in ra)
     # The peers' trajectories were rebased onto each version they did not compute alone.
     assert all(p.tracker.base_version == a.version for p in a.peers)
+
+
+def test_a_late_commitment_is_ignored_and_changes_nothing() -> None:
+    """Four honest peers and one that commits after the deadline compute exactly the
+    versions four honest peers compute alone: the late one neither joins the checks nor
+    the merge (before the commit set was frozen, one late commit could flip a verdict)."""
+    with_late = Simulation(_synthetic(), peers=5, fault="late-commit").run(4)
+    alone = Simulation(_synthetic(), peers=4).run(4)
+    assert [r.version_id for r in with_late] == [r.version_id for r in alone]
+    late = [o for r in with_late for o in r.outcomes if o.peer == "peer4"]
+    assert late and all(not o.accepted and "after the commit deadline" in o.reason for o in late)
