@@ -259,11 +259,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("swarmtrain")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="swarmtrain",
         description="Train one model together over a peer-to-peer swarm.",
     )
+    parser.add_argument("--version", action="version", version=f"swarmtrain {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sim = sub.add_parser("simulate", help="K virtual peers in one process run whole rounds (no network)")

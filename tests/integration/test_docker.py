@@ -64,7 +64,7 @@ def test_two_containers_join_by_address_file_and_agree(tmp_path: Path) -> None:
         logs = [_engine("logs", name).stdout + _engine("logs", name).stderr for name in names]
     finally:
         for name in names:
-            _engine("rm", "-f", name)
+            _engine("rm", "-f", "-v", name)  # -v: and its anonymous /data volume
         _engine("network", "rm", network)
     finals = [versions_by_round(log) for log in logs]
     assert all(sorted(f) == ["0", "1"] for f in finals), logs

@@ -92,3 +92,13 @@ def test_compressing_flags_bring_the_sparseloco_step_and_uncompressed_the_plain_
     assert compressed.codec.compressed and compressed.outer.kind == "sparseloco" and compressed.outer.ef_decay > 0
     assert config("--density", "0.015", "--bits", "2", "--uncompressed").outer == compressed.outer  # flags win
     assert config("--preset", "smoke", "--uncompressed").codec == DENSE
+
+
+def test_version_names_the_installed_package(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    from swarmtrain.peer.app.cli import build_parser
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"swarmtrain {version('swarmtrain')}"
