@@ -248,7 +248,7 @@ def preset(name: str) -> SwarmConfig:
     """Named presets. ``smoke``: seconds-long rounds for tests; ``demo``: a few minutes on a laptop.
 
     ``inner_steps`` caps a round's steps well above what a peer does here in a window
-    (about 170 in the demo, 3 peers on 2 cores), so peers train all the time.
+    (200-480 a window in the demo, 3 peers on 2 shared cores), so peers train all the time.
     """
     if name == "smoke":
         return SwarmConfig(
