@@ -95,6 +95,7 @@ class Node:
                              swarm=options.swarm, host=options.host, port=options.port)
         self.exchange: Exchange | None = None
         self.store: VersionStore | None = None
+        self.resumed = False  # this data dir held a version beyond the genesis
         try:
             self.records = SwarmRecords(self.dht, self.identity, options.swarm)
             # A peer listening beyond loopback is for other machines: their addresses first.
@@ -208,6 +209,7 @@ class Node:
         if head is not None and head.version_id != genesis.version.hex():
             state = load_version(self.store, head.version_id, genesis.outer, next_round=head.round + 1)
             self.options.announce(f"resuming from version {head.version_id[:12]} (round {state.round})")
+            self.resumed = True
             return state
         if head is None:
             genesis.save(self.store, genesis.commit_for(parent=None, produced_in=0))
@@ -267,7 +269,11 @@ class Node:
         if clock.time() < phases.round_start(0):
             self.heartbeat(role="waiting")
             clock.sleep_until(phases.round_start(0))
-        self.state = self._caught_up(phases.training_round(clock.time()))
+        now = phases.training_round(clock.time())
+        gap = skipped_rounds(self.state.round, now) if self.resumed else None  # a new joiner just catches up
+        if gap is not None:
+            self.options.announce(gap)
+        self.state = self._caught_up(now)
         self.worker = TrainingWorker(ProgressTracker(self.trainer, self.state.params, self.state.version),
                                      max_steps=self.config.train.inner_steps, trains=faults.trains(self.options.fault))
         self.worker.start()
@@ -379,6 +385,16 @@ class Node:
 def _initial_checksum(config: SwarmConfig) -> bytes:
     """Checksum of the initial parameters + empty outer state built from ``config``."""
     return genesis_state(load_task(config), config).checksum
+
+
+def skipped_rounds(held_round: int, now: int) -> str | None:
+    """Why a resumed peer goes on at a later round than the version it holds (None when it
+    does not): round numbers follow the genesis clock, so rounds pass while no peer runs."""
+    if now <= held_round:
+        return None
+    passed = f"round {held_round}" if now == held_round + 1 else f"rounds {held_round}-{now - 1}"
+    return (f"the swarm's clock is at round {now}: {passed} passed with no merge from this peer "
+            f"(rounds follow the genesis clock, not the work); going on from the newest version")
 
 
 def check_genesis(genesis: GenesisRecord, *, insisted: SwarmConfig | None) -> SwarmConfig:

@@ -53,3 +53,11 @@ def test_join_takes_a_genesis_digest_and_refuses_a_malformed_one(capsys: pytest.
     with pytest.raises(SystemExit):
         parser.parse_args(["join", "--genesis", "xyz"])
     assert "64 lowercase hex" in capsys.readouterr().err
+
+
+def test_a_resumed_peer_says_why_rounds_were_skipped() -> None:
+    """After `down`/`up` peers resumed at round 8 from round 4's version and nothing said why."""
+    from swarmtrain.peer.node import skipped_rounds
+    assert skipped_rounds(4, 4) is None and skipped_rounds(4, 3) is None
+    assert "rounds 4-7 passed" in (skipped_rounds(4, 8) or "")
+    assert "round 4 passed" in (skipped_rounds(4, 5) or "")
