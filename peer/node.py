@@ -415,14 +415,13 @@ def check_genesis(genesis: GenesisRecord, *, insisted: SwarmConfig | None) -> Sw
     if genesis.task != theirs.task:
         raise JoinError(f"the genesis of {genesis.swarm!r} names task {genesis.task!r} but its settings "
                         f"say {theirs.task!r}: a malformed genesis; pin the swarm's real one with --genesis")
-    mine = insisted
-    if theirs.task not in BUILTIN_TASKS and (mine is None or mine.task != theirs.task):
+    if theirs.task not in BUILTIN_TASKS and (insisted is None or insisted.task != theirs.task):
         # A "module:function" task is code: it runs only when this peer's own command line
         # names it, never because a DHT record (anyone's) does.
         raise JoinError(f"swarm {genesis.swarm!r} trains task {theirs.task!r}, which is code on this "
                         f"machine, not a built-in task; to run it, name it yourself: --task {theirs.task}")
-    if mine is not None and mine != theirs:
-        diffs = _config_diff(mine.to_dict(), theirs.to_dict())
+    if insisted is not None and insisted != theirs:
+        diffs = _config_diff(insisted.to_dict(), theirs.to_dict())
         raise JoinError(f"your settings differ from swarm {genesis.swarm!r}'s genesis ({'; '.join(diffs)}); "
                         "drop the flags that change them to adopt the swarm's settings")
     return theirs

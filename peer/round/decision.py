@@ -81,6 +81,12 @@ def merge_weight(samples: int, max_samples: int) -> int:
     return max(1, min(samples, max_samples))
 
 
+def round_weight(commitments: Mapping[str, Commitment], max_samples: int) -> int:
+    """The merge weights of all the round's commitments together: each update's share of
+    the merge is its own weight over this."""
+    return sum(merge_weight(c.samples, max_samples) for c in commitments.values())
+
+
 def _priority(round_index: int, author: str) -> bytes:
     h = hashlib.blake2b(digest_size=16, person=b"swarmtrain-adm")
     h.update(round_index.to_bytes(8, "big"))

@@ -28,7 +28,7 @@ from swarmtrain.peer.exchange.ring import ServedRing
 from swarmtrain.peer.round.check import Submission
 from swarmtrain.peer.round.clock import Phase
 from swarmtrain.peer.round.context import RoundContext, max_update_bytes
-from swarmtrain.peer.round.decision import Commitment, RoundDecision, Vote, admit, checker_table, decide, merge_weight
+from swarmtrain.peer.round.decision import Commitment, RoundDecision, Vote, admit, checker_table, decide, round_weight
 from swarmtrain.peer.round.merge import merge_round
 from swarmtrain.peer.round.state import ModelState
 from swarmtrain.peer.round.sync import StateSync
@@ -139,12 +139,11 @@ class RoundEngine:
         submissions = [Submission(authors[d], d, bytes.fromhex(commits[authors[d]].base_version),
                                   commits[authors[d]].samples, payloads[d],
                                   self.fetch_failures.get(d, "payload not downloaded")) for d in sorted(mine)]
-        cap = max_samples(ctx.config)
         # state.validation_loss, when known, is this checker's loss of these very params
         # (measured at the merge that made them, on the same held-out batches).
         verdicts = ctx.checker.check_round(state.params, state.version, submissions, seen=self._seen,
                                            loss_before=state.validation_loss, own_norms=[update.sent_norm],
-                                           round_samples=sum(merge_weight(c.samples, cap) for c in admitted.values()))
+                                           round_samples=round_weight(admitted, max_samples(ctx.config)))
         if verdicts:
             ctx.records.publish_votes(r, ballot(ctx.peer_id, verdicts))
         return verdicts

@@ -10,9 +10,9 @@ Scalars are made fp32 tensors first so no op silently computes in double.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 import math
 import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -168,11 +168,12 @@ def clipped(updates: Sequence[AcceptedUpdate], ratio: float) -> list[AcceptedUpd
     captured check) cannot overflow the mean. Honest updates within ``ratio`` of the
     median, what the checkers already demand, pass unchanged, bit for bit.
     """
+    if not updates:
+        return []
+    # Opened updates are finite, and so are their norms (squares of fp32 values stay far
+    # inside float64's range).
     norms = [exact_norm(u.tensors) for u in updates]
-    finite = [n for n in norms if math.isfinite(n)]
-    if not finite:
-        return list(updates)
-    cap = ratio * statistics.median(finite)
+    cap = ratio * statistics.median(norms)
     out = []
     for update, norm in zip(updates, norms):
         if norm > cap:

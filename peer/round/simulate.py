@@ -16,7 +16,7 @@ from torch import Tensor
 
 from swarmtrain.peer.config import SwarmConfig, max_samples
 from swarmtrain.peer.round.check import Checker, Submission
-from swarmtrain.peer.round.decision import Commitment, Vote, admit, checker_table, decide, merge_weight
+from swarmtrain.peer.round.decision import Commitment, Vote, admit, checker_table, decide, round_weight
 from swarmtrain.peer.round.merge import merge_round
 from swarmtrain.peer.round.vote import Tally
 from swarmtrain.peer.round.state import genesis_state
@@ -147,7 +147,7 @@ class Simulation:
             verdicts = peer.checker.check_round(
                 self.params, self.version, mine, seen=self._seen,
                 own_norms=[updates[peer.name].sent_norm],
-                round_samples=sum(merge_weight(c.samples, cap) for c in admitted.values()),
+                round_samples=round_weight(admitted, cap),
             )
             ballots[peer.name] = {d: Vote(v.accept, v.reason) for d, v in verdicts.items()}
         decision = decide(self.round, self.version, commitments, ballots,

@@ -76,7 +76,7 @@ def state_problem(params: Mapping[str, Tensor], extra: Mapping[str, Tensor],
         odd = sorted(set(params) ^ set(model))
         return f"its tensor names differ from the model's (e.g. {odd[:3]})"
     prefix = "outer.momentum."
-    for name, tensor in extra.items():
+    for name in extra:
         if not name.startswith(prefix) or name[len(prefix):] not in model:
             return f"it holds outer state {name!r} for no tensor of the model"
     for name, tensor in [*params.items(), *((n[len(prefix):], t) for n, t in extra.items())]:
