@@ -82,6 +82,7 @@ class NodeOptions:
     # The digest of the genesis to join (what `join` prints as "genesis ..."): with it, no
     # other candidate, a back-dated one included, can capture this peer.
     genesis_digest: str | None = None
+    trust_states: bool = False         # --trust-state: take a state that cannot be replayed on its holders' word
     announce: Callable[[str], None] = print
     clock: Clock = field(default_factory=SystemClock)
 
@@ -117,7 +118,7 @@ class Node:
                 peer_id=self.identity.peer_id, config=self.config, records=self.records, exchange=self.exchange,
                 store=self.store, clock=options.clock, phases=self.phases, checker=self.checker,
                 announce=options.announce)
-            self.sync = StateSync(self.context)
+            self.sync = StateSync(self.context, trust_states=self.options.trust_states)
             self.sync.serve(self.state)
             self.engine = RoundEngine(self.context, self.sync)
             self.worker: TrainingWorker | None = None

@@ -180,7 +180,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         new_swarm_config=insisted or swarm_config_from_args(args, default_preset="demo"),
         start_delay=args.start_delay,
         address_file=Path(args.address_file) if args.address_file else None,
-        device=args.device, genesis_digest=args.genesis,
+        device=args.device, genesis_digest=args.genesis, trust_states=args.trust_state,
         announce=lambda line: print(line, flush=True),
     )
     node = Node(options)
@@ -307,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")
     join.add_argument("--genesis", type=_digest, default=None, metavar="DIGEST",
                       help="join only the genesis with this digest (printed by every peer as 'genesis ...')")
+    join.add_argument("--trust-state", action="store_true",
+                      help="when the rounds this peer missed cannot be replayed (their records or payloads are "
+                           "gone), download the newest version from the peers that publish it and take it on "
+                           "their word (by default a peer adopts only versions it recomputed itself)")
     _add_device_option(join)
     _add_swarm_options(join)
     join.set_defaults(func=cmd_join)

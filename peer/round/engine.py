@@ -14,7 +14,6 @@ in lockstep; :meth:`RoundEngine.play` runs them in order on the context's clock.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import math
 from collections.abc import Callable
@@ -23,17 +22,14 @@ from dataclasses import dataclass
 from swarmtrain.dht import REASON_CHARS, CommitRecord, ResultRecord, ValidationError, VoteRecord
 from swarmtrain.dht import Verdict as VerdictRecord
 from swarmtrain.peer.config import max_samples
-from swarmtrain.peer.exchange.errors import DigestMismatch, FetchError
-from swarmtrain.peer.exchange.ring import ServedRing
 from swarmtrain.peer.round.check import Submission
 from swarmtrain.peer.round.clock import Phase
 from swarmtrain.peer.round.context import RoundContext, max_update_bytes
-from swarmtrain.peer.round.decision import Commitment, RoundDecision, Vote, admit, checker_table, decide, round_weight
-from swarmtrain.peer.round.merge import merge_round
+from swarmtrain.peer.round.decision import RoundDecision, admit, checker_table, decide, round_weight
+from swarmtrain.peer.round.recompute import ballots_of, commitments_of, contributions_of, next_state, standing_of
 from swarmtrain.peer.round.state import ModelState
 from swarmtrain.peer.round.sync import StateSync
 from swarmtrain.peer.round.vote import Verdict
-from swarmtrain.peer.store.versions import Contribution, StoreError
 from swarmtrain.peer.training.contribute import LocalUpdate
 
 log = logging.getLogger(__name__)
@@ -42,8 +38,6 @@ log = logging.getLogger(__name__)
 PUBLISH_MARGIN_S = 0.8
 # Read the round's results this far into the agree phase (results are published at its start).
 AGREE_READ_SHARE = 0.6
-# Updates stay served this many rounds (a lagging peer may still fetch them).
-SERVED_UPDATES = 3
 
 
 @dataclass(frozen=True)
@@ -81,10 +75,6 @@ class RoundResult:
     summary: RoundSummary
 
 
-def commitments_of(commits: dict[str, CommitRecord]) -> dict[str, Commitment]:
-    return {peer: Commitment(peer, bytes.fromhex(c.digest), c.samples) for peer, c in commits.items()}
-
-
 class RoundEngine:
     def __init__(self, ctx: RoundContext, sync: StateSync) -> None:
         self.ctx = ctx
@@ -92,21 +82,20 @@ class RoundEngine:
         self.accepted = 0      # this peer's updates accepted / rejected so far
         self.rejected = 0
         self.last_round_s: float | None = None  # commit to adoption, last round (heartbeat)
-        self._payloads: dict[bytes, bytes] = {}  # digest -> payload, this round and last
+        self.payloads = sync.payloads
         self._seen: set[bytes] = set()           # digests of earlier rounds (replay check)
         self._commits: dict[int, dict[str, CommitRecord]] = {}  # frozen at the commit deadline
-        self._served = ServedRing(ctx.exchange, "update", keep=SERVED_UPDATES)
-        self.fetch_failures: dict[bytes, str] = {}
 
     # --- the phases ------------------------------------------------------------------
 
     def commit(self, r: int, update: LocalUpdate) -> None:
         """Serve the payload under the committed digest and publish the commitment."""
-        key = update.committed_digest.hex()
-        self._served.add(key, update.payload)
-        self._payloads[update.committed_digest] = update.payload
+        # Kept (and served from disk) like the payloads this peer merges: checkers fetch
+        # it now, and peers that replay the round fetch it later.
+        self.payloads.prune(r)
+        self.payloads.keep(r, update.committed_digest, update.payload)
         self.ctx.records.publish_commit(r, CommitRecord(
-            peer_id=self.ctx.peer_id, digest=key, size=len(update.payload),
+            peer_id=self.ctx.peer_id, digest=update.committed_digest.hex(), size=len(update.payload),
             samples=max(1, update.samples), base_version=update.base_version.hex(),
             train_loss=_finite(update.train_loss),
         ))
@@ -121,11 +110,7 @@ class RoundEngine:
 
     def standing(self, state: ModelState) -> frozenset[str]:
         """Authors whose updates were merged into ``state`` (from its commit in the store)."""
-        try:
-            commit = self.ctx.store.commit(state.version.hex())
-        except StoreError:
-            return frozenset()
-        return frozenset(c.peer_id for c in commit.contributions if c.accepted)
+        return standing_of(self.ctx.store, state.version)
 
     def check_and_vote(self, r: int, state: ModelState, update: LocalUpdate) -> dict[bytes, Verdict]:
         """After the commit deadline: fetch what this peer must check, check it, vote."""
@@ -135,10 +120,11 @@ class RoundEngine:
         table = checker_table(r, admitted, ctx.config.vote.checkers_per_update)
         authors = {c.digest: peer for peer, c in admitted.items()}
         mine = {d: authors[d] for d, who in table.items() if ctx.peer_id in who}
-        payloads = self._fetch_payloads(mine, state, ctx.phases.deadline(r, Phase.VOTE) - 2 * PUBLISH_MARGIN_S)
+        payloads = self.payloads.fetch({d: [a] for d, a in mine.items()}, max_size=max_update_bytes(state.params),
+                                       deadline=ctx.phases.deadline(r, Phase.VOTE) - 2 * PUBLISH_MARGIN_S)
         submissions = [Submission(authors[d], d, bytes.fromhex(commits[authors[d]].base_version),
                                   commits[authors[d]].samples, payloads[d],
-                                  self.fetch_failures.get(d, "payload not downloaded")) for d in sorted(mine)]
+                                  self.payloads.failures.get(d, "payload not downloaded")) for d in sorted(mine)]
         # state.validation_loss, when known, is this checker's loss of these very params
         # (measured at the merge that made them, on the same held-out batches).
         verdicts = ctx.checker.check_round(state.params, state.version, submissions, seen=self._seen,
@@ -153,9 +139,7 @@ class RoundEngine:
         the ballots as read now."""
         ctx = self.ctx
         commits = self.frozen_commits(r)
-        ballots = {voter: {bytes.fromhex(d): Vote(v.accept, v.reason) for d, v in rec.votes.items()}
-                   for voter, rec in ctx.records.votes(r).items()}
-        decision = decide(r, state.version, commitments_of(commits), ballots,
+        decision = decide(r, state.version, commitments_of(commits), ballots_of(ctx.records.votes(r)),
                           checkers_per_update=ctx.config.vote.checkers_per_update,
                           max_samples=max_samples(ctx.config), standing=self.standing(state))
         return decision, commits
@@ -165,41 +149,27 @@ class RoundEngine:
         """Compute, save, serve and publish V(r+1); None when this peer cannot merge faithfully."""
         ctx = self.ctx
         accepted = decision.accepted
-        payloads = self._fetch_payloads({d: decision.authors[d] for d in accepted}, state,
-                                        ctx.phases.deadline(r, Phase.VOTE) + 0.5 * ctx.config.timing.agree_s)
+        payloads = self.payloads.fetch({d: [decision.authors[d]] for d in accepted},
+                                       max_size=max_update_bytes(state.params),
+                                       deadline=ctx.phases.deadline(r, Phase.VOTE) + 0.5 * ctx.config.timing.agree_s)
         missing = [d for d in accepted if payloads.get(d) is None]
         if missing:
-            log.warning("accepted update %s could not be fetched (%s): this peer will resync",
-                        missing[0].hex()[:12], self.fetch_failures.get(missing[0], "no reason recorded"))
+            log.warning("accepted update %s could not be fetched (%s): this peer will recompute the others' result",
+                        missing[0].hex()[:12], self.payloads.failures.get(missing[0], "no reason recorded"))
             return None
-        outcome = merge_round(state.params, state.version,
-                              {d: (decision.weights[d], payloads[d]) for d in accepted},  # type: ignore[misc]
-                              state.outer, codec=ctx.config.codec, clip_ratio=ctx.config.vote.max_norm_ratio)
-        result = outcome.version
+        new, outcome = next_state(ctx.config, r, state, decision, payloads)  # type: ignore[arg-type]
         for digest, why in outcome.refused.items():
             ctx.announce(f"round {r}: update {digest.hex()[:12]} of {decision.authors[digest][:12]} was "
                          f"accepted by its checkers but {why}")
-        contributions = tuple(
-            Contribution(
-                peer_id=decision.authors[d], digest=d.hex(), samples=commits[decision.authors[d]].samples,
-                accepted=d in result.accepted, votes_for=decision.counts[d].votes_for,
-                votes_against=decision.counts[d].votes_against,
-                loss_delta=my_verdicts[d].loss_delta if d in my_verdicts else None,
-                reason=outcome.refused.get(d) or decision.reason(d, my_verdicts.get(d)),
-            )
-            for d in sorted(decision.authors)
-        ) + tuple(
-            Contribution(peer_id=author, digest=commits[author].digest, samples=commits[author].samples,
-                         accepted=False, votes_for=0, votes_against=0, loss_delta=None, reason=why)
-            for author, why in sorted(decision.refused.items())
-        )
-        new = ModelState(params=result.params, outer=state.outer, version=result.version_id, round=r + 1,
-                         checksum=result.state_checksum, validation_loss=ctx.checker.loss(result.params))
-        new.save(ctx.store, new.commit_for(parent=state.version, produced_in=r, contributions=contributions))
+        new.validation_loss = ctx.checker.loss(new.params)
+        new.save(ctx.store, new.commit_for(parent=state.version, produced_in=r,
+                                           contributions=contributions_of(decision, commits, outcome, my_verdicts)))
+        for digest in accepted:
+            self.payloads.keep(r, digest, payloads[digest])  # type: ignore[arg-type]
         self.sync.serve(new)
         ctx.records.publish_result(r, ResultRecord(
             peer_id=ctx.peer_id, version_id=new.version.hex(), state_checksum=new.checksum.hex(),
-            accepted=[d.hex() for d in result.accepted][:64],
+            accepted=[d.hex() for d in outcome.version.accepted][:64],
         ))
         return new
 
@@ -227,14 +197,14 @@ class RoundEngine:
             on_merged(merged)
         self._seen.update(decision.authors)
         clock.sleep_until(phases.deadline(r, Phase.VOTE) + AGREE_READ_SHARE * ctx.config.timing.agree_s)
-        new, resynced = self.sync.agree(r, state, merged)
+        new, resynced = self.sync.agree(r, state, merged, frozen=commits)
 
         mine_accepted = decision.is_accepted(update.committed_digest)
         self.accepted += int(mine_accepted)
         self.rejected += int(not mine_accepted)
         self.last_round_s = clock.time() - started
         after = ctx.exchange.stats()
-        self._forget_old_payloads(keep=set(decision.authors))
+        self.payloads.forget(keep=set(decision.authors))
         summary = RoundSummary(
             round=r, version_id=new.version.hex(), state_checksum=new.checksum.hex(),
             accepted=len(decision.accepted), rejected=len(decision.rejected),
@@ -244,40 +214,6 @@ class RoundEngine:
             seconds=self.last_round_s, resynced=resynced, steps=update.steps,
         )
         return RoundResult(new, summary)
-
-    # --- helpers ---------------------------------------------------------------------
-
-    def _fetch_payloads(self, wanted: dict[bytes, str], state: ModelState,
-                        deadline: float) -> dict[bytes, bytes | None]:
-        """Download ``{digest: author}`` in parallel, each bounded by ``deadline``.
-
-        A failed download maps to None; why it failed is kept in ``self.fetch_failures``.
-        """
-        clock, exchange = self.ctx.clock, self.ctx.exchange
-        max_size = max_update_bytes(state.params)
-        futures = {}
-        for digest, author in wanted.items():
-            if digest in self._payloads:
-                continue
-            futures[digest] = exchange.fetch_future(author, "update", digest.hex(), max_size=max_size,
-                                                    timeout=max(0.5, deadline - clock.time()))
-        out: dict[bytes, bytes | None] = {d: self._payloads.get(d) for d in wanted}
-        for digest, future in futures.items():
-            try:
-                out[digest] = future.result(timeout=max(0.5, deadline - clock.time()) + 1.0)
-                self._payloads[digest] = out[digest]  # type: ignore[assignment]
-            except (FetchError, concurrent.futures.TimeoutError) as error:
-                log.info("could not fetch update %s from %s: %s", digest.hex()[:12], wanted[digest], error)
-                out[digest] = None
-                self.fetch_failures[digest] = (
-                    "digest mismatch: served bytes differ from the commitment" if isinstance(error, DigestMismatch)
-                    else f"payload not downloaded ({type(error).__name__})")
-        return out
-
-    def _forget_old_payloads(self, keep: set[bytes]) -> None:
-        self._payloads = {d: p for d, p in self._payloads.items() if d in keep}
-        self.fetch_failures.clear()
-
 
 def ballot(voter: str, verdicts: dict[bytes, Verdict]) -> VoteRecord:
     """This peer's signed-record form of its verdicts, with the reasons for rejections

@@ -1,9 +1,14 @@
-"""Getting onto the majority's version: the agree step, late join and restart.
+"""Getting onto the others' version: the agree step, late join and restart.
 
-A peer whose merge differs from the majority's result (or who could not merge, or who
-was away) downloads the majority's state from a peer that holds it, checks its checksum
-against the one the majority published, stores it, and goes on from there. Every resync
-is counted and printed: a swarm that resyncs every round has a determinism bug.
+A peer whose merge differs from the most published result (or who could not merge)
+recomputes that result from the parent it holds, the round's signed records and the
+accepted payloads (:mod:`.recompute`), and adopts it only when its own recomputation
+gives the same id and checksum; otherwise it keeps its own version and says why. A peer
+that was away (late join, restart) replays the rounds it missed the same way, from the
+newest version it holds. Only where replay is impossible, and only when its user said
+``--trust-state``, does it download a state on its publishers' word, naming them.
+Every resync is counted and printed: a swarm that resyncs every round has a
+determinism bug.
 
 Every method takes the state the caller holds and returns the state to go on with;
 nothing here assigns a node's state.
@@ -15,18 +20,23 @@ import concurrent.futures
 import dataclasses
 import logging
 import sys
-from collections import Counter
 
-from swarmtrain.dht import ResultRecord
+from collections.abc import Mapping
+
+from swarmtrain.dht import CommitRecord, ResultRecord
 from swarmtrain.peer.exchange.errors import FetchError
 from swarmtrain.peer.exchange.ring import ServedRing
+from swarmtrain.peer.round.clock import Phase
 from swarmtrain.peer.round.context import RoundContext, max_state_bytes
+from swarmtrain.peer.round.payloads import HISTORY_ROUNDS, Payloads
+from swarmtrain.peer.round.recompute import Claim, Recomputer, claims
 from swarmtrain.peer.round.state import ModelState, load_version, verified_checksum
+from swarmtrain.peer.store.payloads import PAYLOADS_DIR, PayloadHistory
 from swarmtrain.peer.store.versions import StoreError, VersionCommit
 
 log = logging.getLogger(__name__)
 
-# How many rounds back a catching-up peer looks for published results.
+# How many rounds back a catching-up peer looks for the newest published result.
 LOOKBACK_ROUNDS = 8
 STATE_TIMEOUT_S = 120.0
 STATE_STALL_S = 15.0   # a holder silent this long between two frames is dropped
@@ -35,10 +45,14 @@ SERVED_STATES = 2
 
 
 class StateSync:
-    def __init__(self, ctx: RoundContext) -> None:
+    def __init__(self, ctx: RoundContext, *, trust_states: bool = False) -> None:
         self.ctx = ctx
         self.resyncs = 0
+        self.disagreements = 0  # published results this peer could not recompute, and so refused
+        self.trust_states = trust_states
         self._served = ServedRing(ctx.exchange, "state", keep=SERVED_STATES)
+        self.payloads = Payloads(ctx, PayloadHistory(ctx.store.data_dir / PAYLOADS_DIR, HISTORY_ROUNDS))
+        self.recomputer = Recomputer(ctx, self.payloads)
 
     def serve(self, state: ModelState) -> None:
         """Serve ``state`` (already in the store) to peers that need it."""
@@ -46,61 +60,119 @@ class StateSync:
         store = self.ctx.store
         self._served.add(key, lambda: store.state_bytes(key))
 
-    def agree(self, r: int, state: ModelState, merged: ModelState | None) -> tuple[ModelState, bool]:
-        """After round ``r``'s merge: the state to go on with, and whether this peer had
-        to download the majority's.
+    def agree(self, r: int, state: ModelState, merged: ModelState | None, *,
+              frozen: Mapping[str, CommitRecord] | None = None) -> tuple[ModelState, bool]:
+        """After round ``r``'s merge: the state to go on with, and whether it is another
+        peer's result (recomputed here) rather than this peer's own.
 
         ``state`` is V(r), ``merged`` this peer's own V(r+1) (None when it could not
-        merge). A peer in the minority that cannot download the majority's state stays
-        on V(r), the last version it agreed on, and catches up before its next commit.
+        merge), ``frozen`` the commitments it decided over. A peer that cannot recompute
+        the most published result keeps its own V(r+1) (or V(r)) and records the
+        disagreement; it never downloads a state here.
         """
         ctx = self.ctx
-        found = majority(ctx.records.results(r))
-        if found is None:
+        found = claims(r, ctx.records.results(r))
+        if not found:
             return (state if merged is None else merged), False
-        version, checksum, holders = found
-        if merged is not None and merged.version.hex() == version and merged.checksum.hex() == checksum:
+        top = found[0]
+        if merged is not None and top.names(merged):
             return merged, False
         mine = state.version if merged is None else merged.version
         ctx.announce(f"round {r}: my version {mine.hex()[:12]} is not the majority's "
-                     f"{version[:12]} ({len(holders)} peers): resyncing")
-        synced = self._fetch(version, checksum, holders, produced_in=r, state=state)
-        # Counted here only: a late joiner's or restarted peer's catch-up is no disagreement.
-        self.resyncs += int(synced is not None)
-        return (state, False) if synced is None else (synced, True)
+                     f"{top.version[:12]} ({len(top.holders)} peers): recomputing it")
+        result = self.recomputer.recompute(r, state.version, top, frozen=frozen,
+                                           deadline=ctx.phases.deadline(r, Phase.AGREE))
+        if isinstance(result, ModelState):
+            self.serve(result)
+            self.resyncs += 1
+            ctx.announce(f"round {r}: recomputed version {top.version[:12]} from its "
+                         f"{len(top.accepted)} accepted update(s): same id and checksum, adopted")
+            return result, True
+        self.disagreements += 1
+        ctx.announce(f"round {r}: not adopting version {top.version[:12]} of {_whose(top)}: {result}; "
+                     f"keeping {'my own' if merged is not None else 'version'} {mine.hex()[:12]}")
+        return (state if merged is None else merged), False
 
     def catch_up(self, r: int, state: ModelState) -> ModelState:
-        """Before committing in round ``r``: the newest majority version at or before V(r)
-        (late join, restart, a missed round), marked as the state of round ``r``.
+        """Before committing in round ``r``: the newest published version at or before
+        V(r) (late join, restart, a missed round), replayed from ``state``, marked as the
+        state of round ``r``.
 
         When nothing newer was published it goes on from what it holds (a swarm resumed
         after all its peers stopped). When a newer version was published but could not be
-        downloaded, ``state`` comes back unchanged, so the caller does not commit on a
-        version the others have left, and tries again.
+        re-derived (nor, with ``--trust-state``, downloaded), ``state`` comes back
+        unchanged, so the caller does not commit on a version the others have left, and
+        tries again.
         """
         ctx = self.ctx
         for back in range(1, LOOKBACK_ROUNDS + 1):
             produced_in = r - back
             if produced_in < state.round - 1 or produced_in < 0:
                 break
-            found = majority(ctx.records.results(produced_in))
-            if found is None:
+            found = claims(produced_in, ctx.records.results(produced_in))
+            if not found:
                 continue
-            version, checksum, holders = found
-            if state.version.hex() == version and state.checksum.hex() == checksum:
+            top = found[0]
+            if top.names(state):
                 break
-            if _has(ctx, version, checksum):
-                state = load_version(ctx.store, version, state.outer, next_round=produced_in + 1)
+            if _has(ctx, top.version, top.checksum):
+                state = load_version(ctx.store, top.version, state.outer, next_round=produced_in + 1)
                 self.serve(state)
                 break
-            ctx.announce(f"catching up: downloading version {version[:12]} "
-                         f"(round {produced_in}) from {len(holders)} peer(s)")
-            fetched = self._fetch(version, checksum, holders, produced_in=produced_in, state=state)
+            replayed = self._replay(state, produced_in, top)
+            if isinstance(replayed, ModelState):
+                state = replayed
+                break
+            if not self.trust_states:
+                ctx.announce(f"catching up: cannot re-derive version {top.version[:12]} (round {produced_in}) "
+                             f"from version {state.version.hex()[:12]}: {replayed}; to take it on the word of "
+                             f"{_whose(top)} instead, restart with --trust-state")
+                return state
+            ctx.announce(f"catching up: cannot re-derive version {top.version[:12]} ({replayed}); "
+                         f"downloading it ON TRUST (--trust-state) from {_whose(top)}")
+            fetched = self._fetch(top.version, top.checksum, list(top.holders), produced_in=produced_in, state=state)
             if fetched is None:
                 return state
             state = fetched
             break
         return dataclasses.replace(state, round=max(state.round, r))
+
+    def _replay(self, state: ModelState, until: int, target: Claim) -> ModelState | str:
+        """Rounds ``start..until`` recomputed one by one from a version this peer holds:
+        ``state``, or its parent when ``state`` is a sibling of the version to reach."""
+        ctx = self.ctx
+        start, current = state.round, state.version
+        if start > until:
+            try:
+                parent = ctx.store.commit(state.version.hex()).parent_id
+            except StoreError:
+                parent = None
+            if parent is None:
+                return f"version {state.version.hex()[:12]} has no parent here to replay from"
+            start, current = until, bytes.fromhex(parent)
+        ctx.announce(f"catching up: replaying rounds {start}-{until} from version {current.hex()[:12]}")
+        replayed: ModelState | None = None
+        for k in range(start, until + 1):
+            found = claims(k, ctx.records.results(k)) if k < until else [target]
+            if not found:
+                continue  # nobody merged in round k: its version is the one before
+            why = "no result"
+            for claim in found:
+                result = self.recomputer.recompute(k, current, claim, measure_loss=k == until,
+                                                   deadline=ctx.clock.time() + STATE_TIMEOUT_S)
+                if isinstance(result, ModelState):
+                    replayed, current = result, result.version
+                    break
+                why = result
+            else:
+                return f"round {k}: {why}"
+        if replayed is None or not target.names(replayed):
+            return "the replayed rounds do not end on it"
+        replayed = load_version(ctx.store, replayed.version.hex(), state.outer, next_round=until + 1)
+        self.serve(replayed)
+        ctx.announce(f"caught up: replayed to version {replayed.version.hex()[:12]} (round {until}), "
+                     "same id and checksum as published")
+        return replayed
 
     def _fetch(self, version: str, checksum: str, holders: list[str], *, produced_in: int,
                state: ModelState) -> ModelState | None:
@@ -169,11 +241,7 @@ def _progress_printer(version: str):  # type: ignore[no-untyped-def]
     return show
 
 
-def majority(results: dict[str, ResultRecord]) -> tuple[str, str, list[str]] | None:
-    """The (version id, state checksum) most peers computed, with the peers that hold it."""
-    if not results:
-        return None
-    counter = Counter((r.version_id, r.state_checksum) for r in results.values())
-    (version, checksum), _ = min(counter.items(), key=lambda item: (-item[1], item[0]))
-    holders = sorted(p for p, r in results.items() if (r.version_id, r.state_checksum) == (version, checksum))
-    return version, checksum, holders
+def _whose(claim: Claim) -> str:
+    shown = ", ".join(h[:12] for h in claim.holders[:3])
+    more = f" and {len(claim.holders) - 3} more" if len(claim.holders) > 3 else ""
+    return f"{len(claim.holders)} peer(s) ({shown}{more})"

@@ -116,6 +116,11 @@ def test_late_joiner_and_killed_peer_catch_up_and_agree(tmp_path: Path) -> None:
             (a[last].version_id, a[last].state_checksum)
     assert _peer_id(swarm.peers["c"].log_text()) == _peer_id(swarm.peers["c2"].log_text())
     assert "resuming from version" in swarm.peers["c2"].log_text()
+    # Neither took a state on anyone's word: both re-derived the rounds they missed.
+    for name in ("d", "c2"):
+        log = swarm.peers[name].log_text()
+        assert "ON TRUST" not in log and "synced version" not in log, log
+    assert "caught up: replayed" in swarm.peers["d"].log_text()
     assert "starting with an empty" not in swarm.peers["c2"].log_text()  # residual and AdamW restored
     for kept in ("feedback.safetensors", "inner-optimizer.safetensors"):
         assert (tmp_path / "c" / kept).stat().st_size > 0

@@ -6,11 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from swarmtrain.dht.schemas import ResultRecord
 from swarmtrain.peer.app.cli import main
 from swarmtrain.peer.node import _config_diff
 from swarmtrain.peer.config import DENSE, preset
-from swarmtrain.peer.round.sync import majority
 
 PEER = "QmXfzsrJ8n8o2gGqXbXvDJHnS6PNtEh5Evu7Wrqk1FNbAb"
 
@@ -57,19 +55,6 @@ def test_unknown_flag_exits_2() -> None:
     with pytest.raises(SystemExit) as info:
         main(["join", "--no-such-flag"])
     assert info.value.code == 2
-
-
-def _result(peer: str, version: str, checksum: str) -> ResultRecord:
-    return ResultRecord(peer_id=peer, version_id=version * 64, state_checksum=checksum * 64, accepted=[])
-
-
-def test_majority_picks_most_common_pair_and_its_holders() -> None:
-    ids = [PEER[:-1] + c for c in "ABCD"]
-    results = {ids[0]: _result(ids[0], "a", "1"), ids[1]: _result(ids[1], "a", "1"),
-               ids[2]: _result(ids[2], "a", "2"), ids[3]: _result(ids[3], "b", "1")}
-    version, checksum, holders = majority(results)  # type: ignore[misc]
-    assert (version, checksum) == ("a" * 64, "1" * 64) and holders == sorted(ids[:2])
-    assert majority({}) is None
 
 
 def test_config_diff_names_each_difference() -> None:

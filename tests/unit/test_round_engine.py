@@ -12,7 +12,8 @@ from swarmtrain.dht import CommitRecord, ResultRecord, Verdict, VoteRecord
 from swarmtrain.peer.config import max_samples, preset
 from swarmtrain.peer.round.clock import ManualClock, Phase
 from swarmtrain.peer.round.decision import Vote, decide
-from swarmtrain.peer.round.engine import AGREE_READ_SHARE, PUBLISH_MARGIN_S, commitments_of
+from swarmtrain.peer.round.engine import AGREE_READ_SHARE, PUBLISH_MARGIN_S
+from swarmtrain.peer.round.recompute import commitments_of
 from swarmtrain.peer.training.worker import TrainingWorker
 
 CONFIG = preset("smoke").replace(task="synthetic")
@@ -130,24 +131,32 @@ def test_training_goes_on_through_the_rounds_exchange_and_is_carried_over(tmp_pa
         worker.stop()
 
 
-def test_a_late_joiner_catches_up_to_the_published_version_and_never_commits_on_an_old_one(tmp_path: Path) -> None:
+def test_a_late_joiner_replays_the_rounds_it_missed_and_never_commits_on_an_old_version(tmp_path: Path) -> None:
     peers, clock, _ = memory_swarm(tmp_path, CONFIG, ["a", "b", "late"])
     *early, late = peers
-    _lockstep_round(early, clock, 0, before=20, after=5)
-    v1 = early[0].state
-    # The holders stop serving: the late peer knows V(1) exists but cannot get it, so it
-    # must not go on (and commit) from the genesis as if it were round 1's state.
-    exchange = early[0].ctx.exchange
-    served = {k: v for k, v in exchange.blobs.items() if k[1] == "state"}  # type: ignore[attr-defined]
-    for key in served:
-        del exchange.blobs[key]  # type: ignore[attr-defined]
-    stuck = late.sync.catch_up(1, late.state)
+    for r in range(2):
+        _lockstep_round(early, clock, r, before=20, after=5)
+    v2 = early[0].state
+    # Nobody serves a state at all: replay needs only the records and the payloads. Without
+    # the payloads the late peer knows V(2) exists but cannot re-derive it, so it must not
+    # go on (and commit) from the genesis as if that were round 2's state.
+    blobs = early[0].ctx.exchange.blobs  # type: ignore[attr-defined]
+    for key in [k for k in blobs if k[1] == "state"]:
+        del blobs[key]
+    updates = {k: v for k, v in blobs.items() if k[1] == "update"}
+    for key in updates:
+        del blobs[key]
+    stuck = late.sync.catch_up(2, late.state)
     assert stuck.round == 0 and stuck.version == late.state.version
-    exchange.blobs.update(served)  # type: ignore[attr-defined]
-    caught = late.sync.catch_up(1, late.state)
-    assert (caught.version, caught.checksum, caught.round) == (v1.version, v1.checksum, 1)
+    assert any("cannot re-derive" in line and "--trust-state" in line for line in late.lines)
+    blobs.update(updates)
+    caught = late.sync.catch_up(2, late.state)
+    assert (caught.version, caught.checksum, caught.round) == (v2.version, v2.checksum, 2)
     assert late.sync.resyncs == 0  # a catch-up is not a disagreement
-    assert any("catching up" in line for line in late.lines)
+    assert any("replaying rounds 0-1" in line for line in late.lines)
+    # It now keeps and serves those payloads itself, for whoever replays next.
+    assert {k[2] for k in blobs if k[0] == late.ctx.peer_id and k[1] == "update"} >= {
+        c.digest for c in late.ctx.store.commit(v2.version.hex()).accepted}
 
 
 def test_a_minority_peer_that_cannot_resync_stays_on_the_version_it_agreed_on(tmp_path: Path) -> None:
@@ -225,6 +234,8 @@ def test_a_state_is_fetched_from_several_holders_at_once_and_bad_ones_are_skippe
     real_fetch_future = exchange.fetch_future
 
     def fetch_future(peer_id: str, kind: str, digest_hex: str, **kwargs: object) -> concurrent.futures.Future[bytes]:
+        if kind != "state":
+            return real_fetch_future(peer_id, kind, digest_hex, **kwargs)  # type: ignore[arg-type]
         requested.append(peer_id)
         assert kwargs.get("stall_timeout"), "every state request is bounded by a stall timeout"
         if peer_id == staller:
@@ -236,7 +247,13 @@ def test_a_state_is_fetched_from_several_holders_at_once_and_bad_ones_are_skippe
     exchange.fetch_future = fetch_future  # type: ignore[method-assign]
     for fake in (staller, forger):
         table.rows[("results", 0)][fake] = table.rows[("results", 0)][fake_peer_id("a")]
+    # The round cannot be replayed (its payloads are gone), and this peer's user said
+    # --trust-state: the state is downloaded on the holders' word.
+    for key in [k for k in exchange.blobs if k[1] == "update"]:  # type: ignore[attr-defined]
+        del exchange.blobs[key]  # type: ignore[attr-defined]
+    late.sync.trust_states = True
     caught = late.sync.catch_up(1, late.state)
     assert (caught.version, caught.checksum) == (v1.version, v1.checksum)
     assert len(requested) >= 3 and len(set(requested)) == len(requested)
+    assert any("ON TRUST" in line for line in late.lines)
     assert any("synced version" in line for line in late.lines)
