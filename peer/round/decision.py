@@ -127,10 +127,47 @@ def admit(round_index: int, commitments: Mapping[str, Commitment], *, standing: 
     return Admission({a: commitments[a] for a in sorted(kept[:cap])}, refused)
 
 
-def checker_table(round_index: int, commitments: Mapping[str, Commitment], k: int) -> dict[bytes, tuple[str, ...]]:
-    """Who checks which admitted update of the round: every admitted committer is a candidate."""
+# Committers with standing needed before the checks are theirs alone (with one, its own
+# update would go unchecked).
+MIN_STANDING_CHECKERS = 2
+
+
+def passes(count: Tally, author_has_standing: bool) -> bool:
+    """Whether an update with these votes is merged: more of its checkers accept than
+    reject; on a tie with at least one accept, when its author has standing.
+
+    Checks drawn from peers with standing leave a 3-peer swarm two checkers per update,
+    and one checker's held-out loss rising by a hair (noise at the update's small merge
+    weight) made 1-1, a rejection of honest work. The tie goes to an author whose last
+    update was merged: one colluding checker cannot then veto an honest peer, while a
+    newcomer (a fresh identity) still needs a majority.
+    """
+    if count.votes_for != count.votes_against:
+        return count.votes_for > count.votes_against
+    return count.votes_for > 0 and author_has_standing
+
+
+def checker_candidates(commitments: Mapping[str, Commitment], standing: Collection[str]) -> list[str]:
+    """Who may check this round's updates: the admitted committers with standing (their
+    update was merged into the parent version), when there are at least
+    :data:`MIN_STANDING_CHECKERS` of them; otherwise every admitted committer (a new
+    swarm, or one whose last round merged almost nothing).
+
+    A new identity costs one key, so identities alone must not buy checks: before this,
+    2H fake commitments drew every check of every honest update. Standing costs an
+    update that other peers with standing judged useful; it lasts while the peer keeps
+    being merged, and is lost for a round when it is not.
+    """
+    with_standing = sorted(a for a in commitments if a in standing)
+    return with_standing if len(with_standing) >= MIN_STANDING_CHECKERS else sorted(commitments)
+
+
+def checker_table(round_index: int, commitments: Mapping[str, Commitment], k: int,
+                  standing: Collection[str] = ()) -> dict[bytes, tuple[str, ...]]:
+    """Who checks which admitted update of the round (see :func:`checker_candidates`)."""
     authors = {c.digest: author for author, c in commitments.items()}
-    return {d: tuple(who) for d, who in assignments(round_index, authors, list(commitments), k).items()}
+    candidates = checker_candidates(commitments, standing)
+    return {d: tuple(who) for d, who in assignments(round_index, authors, candidates, k).items()}
 
 
 def decide(
@@ -156,13 +193,13 @@ def decide(
     admission = admit(round_index, commitments, standing=standing)
     admitted = admission.admitted
     authors = {c.digest: author for author, c in admitted.items()}
-    table = checker_table(round_index, admitted, checkers_per_update)
+    table = checker_table(round_index, admitted, checkers_per_update, standing)
     counts = tally({voter: {d: v.accept for d, v in votes.items()} for voter, votes in ballots.items()}, table)
     if len(authors) == 1:
         counts = {d: Tally(1, 0) for d in authors}
     reasons = {voter: {d: v.reason for d, v in votes.items() if not v.accept and v.reason}
                for voter, votes in ballots.items()}
-    accepted = tuple(sorted(d for d, t in counts.items() if t.accepted))
+    accepted = tuple(sorted(d for d, t in counts.items() if passes(t, authors[d] in standing)))
     weights = {c.digest: merge_weight(c.samples, max_samples) for c in admitted.values()}
     return RoundDecision(
         round=round_index, parent=parent, authors=authors,

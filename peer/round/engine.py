@@ -116,8 +116,9 @@ class RoundEngine:
         """After the commit deadline: fetch what this peer must check, check it, vote."""
         ctx = self.ctx
         commits = self.frozen_commits(r)
-        admitted = admit(r, commitments_of(commits), standing=self.standing(state)).admitted
-        table = checker_table(r, admitted, ctx.config.vote.checkers_per_update)
+        standing = self.standing(state)
+        admitted = admit(r, commitments_of(commits), standing=standing).admitted
+        table = checker_table(r, admitted, ctx.config.vote.checkers_per_update, standing)
         authors = {c.digest: peer for peer, c in admitted.items()}
         mine = {d: authors[d] for d, who in table.items() if ctx.peer_id in who}
         payloads = self.payloads.fetch({d: [a] for d, a in mine.items()}, max_size=max_update_bytes(state.params),

@@ -139,7 +139,7 @@ class Simulation:
         commitments = {name: Commitment(name, u.committed_digest, u.samples)
                        for name, u in updates.items() if name not in late}
         admitted = admit(self.round, commitments, standing=self._standing).admitted
-        checkers = checker_table(self.round, admitted, self.config.vote.checkers_per_update)
+        checkers = checker_table(self.round, admitted, self.config.vote.checkers_per_update, self._standing)
         cap = max_samples(self.config)
         ballots: dict[str, dict[bytes, Vote]] = {}
         for peer in self.peers:

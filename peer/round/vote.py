@@ -18,7 +18,8 @@ A checker accepts an update only when every check passes, cheapest first:
    error-feedback buffer) and rejected about half of the honest updates in the
    simulator; at its merge weight honest updates pass.
 
-Majority rule: an update is merged when more of its assigned checkers accept than reject.
+Majority rule: an update is merged when more of its assigned checkers accept than reject
+(a tie goes to an author with standing; see ``decision.passes``).
 """
 
 from __future__ import annotations

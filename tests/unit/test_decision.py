@@ -104,3 +104,20 @@ def test_a_flood_of_commitments_is_capped_and_peers_with_standing_come_first() -
         for p in who:
             per_checker[p] = per_checker.get(p, 0) + 1
     assert max(per_checker.values()) <= MAX_COMMITS
+
+
+def test_checks_go_to_committers_with_standing_once_there_are_two() -> None:
+    from swarmtrain.peer.round.decision import checker_candidates
+    commits = {p: Commitment(p, bytes([i]) * 32, 8) for i, p in enumerate("abcdef")}
+    assert checker_candidates(commits, standing={"a", "b"}) == ["a", "b"]
+    assert checker_candidates(commits, standing={"a"}) == sorted(commits)  # one alone would check itself
+    assert checker_candidates(commits, standing={"a", "z"}) == sorted(commits)  # z did not commit
+
+
+def test_a_tie_goes_to_an_author_with_standing_and_never_without_an_accept() -> None:
+    from swarmtrain.peer.round.decision import passes
+    from swarmtrain.peer.round.vote import Tally
+    assert passes(Tally(1, 1), author_has_standing=True)
+    assert not passes(Tally(1, 1), author_has_standing=False)
+    assert not passes(Tally(0, 0), author_has_standing=True)
+    assert passes(Tally(2, 1), author_has_standing=False) and not passes(Tally(1, 2), author_has_standing=True)

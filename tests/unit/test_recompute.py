@@ -139,3 +139,37 @@ def test_a_kept_payload_is_served_after_a_full_disk_from_memory(tmp_path: Path) 
     fetched = a.ctx.exchange.fetch(a.ctx.peer_id, "update", "33" * 32, max_size=100, timeout=1.0)
     assert fetched == b"payload"
     assert sum("could not keep update payloads" in line for line in a.lines) == 1
+
+
+def test_fake_identities_without_standing_draw_no_checks(tmp_path: Path) -> None:
+    """2H fake commitments used to draw every check of every honest update (0 of H
+    accepted). Checks now go to committers whose update the parent version merged."""
+    from swarmtrain.peer.config import max_samples
+    from swarmtrain.peer.round.decision import decide
+    from swarmtrain.peer.round.recompute import commitments_of, standing_of
+    peers, clock, table = memory_swarm(tmp_path, CONFIG, ["a", "b", "c"])
+    _lockstep_round(peers, clock, 0, before=20, after=0)  # a, b and c earn standing
+    base = peers[0].state.version.hex()
+    sybils = [fake_peer_id(f"sybil{i}") for i in range(6)]
+    for i, s in enumerate(sybils):
+        table.rows.setdefault(("commits", 1), {})[s] = CommitRecord(
+            peer_id=s, digest=f"{i + 1:02x}" * 32, size=100, samples=10_000, base_version=base, train_loss=0.1)
+
+    def sybils_vote() -> None:
+        commits = table.rows[("commits", 1)]
+        for s in sybils:
+            table.rows.setdefault(("votes", 1), {})[s] = VoteRecord(voter=s, votes={
+                c.digest: Verdict(accept=author in sybils, loss_delta=-1.0, reason="" if author in sybils else "no")
+                for author, c in list(commits.items())[:64] if author != s})
+
+    _lockstep_round(peers, clock, 1, before=20, after=0, after_votes=sybils_vote)
+    history = peers[0].ctx.store.commit(peers[0].state.version.hex())
+    assert {c.peer_id for c in history.accepted} == {p.ctx.peer_id for p in peers}
+    assert len({(p.state.version, p.state.checksum) for p in peers}) == 1
+    # The same records decided as before (every committer a checker): the capture works.
+    open_draw = decide(1, bytes.fromhex(history.parent_id or ""), commitments_of(table.rows[("commits", 1)]),
+                       ballots_of(table.rows[("votes", 1)]), checkers_per_update=CONFIG.vote.checkers_per_update,
+                       max_samples=max_samples(CONFIG), standing=())
+    honest = {p.ctx.peer_id for p in peers}
+    assert sum(open_draw.authors[d] in honest for d in open_draw.accepted) < 3
+    assert standing_of(peers[0].ctx.store, peers[0].state.version) == frozenset(honest)
