@@ -106,3 +106,10 @@ class Checker:
                 step_scale=self.config.outer.lr * weight[digest] / total,
             )
         return verdicts
+
+
+def colluding_verdicts(fellows: Mapping[bytes, bool]) -> dict[bytes, Verdict]:
+    """The ballot of a ``--fault collude`` checker: accept its fellow colluders' updates
+    (``fellows[digest]`` True) without looking, reject everyone else's."""
+    return {d: Verdict(True, "ok") if fellow else reject("colluding: not one of us")
+            for d, fellow in fellows.items()}

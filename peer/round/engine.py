@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from swarmtrain.dht import REASON_CHARS, CommitRecord, ResultRecord, ValidationError, VoteRecord
 from swarmtrain.dht import Verdict as VerdictRecord
 from swarmtrain.peer.config import max_samples
-from swarmtrain.peer.round.check import Submission
+from swarmtrain.peer.round.check import Submission, colluding_verdicts
 from swarmtrain.peer.round.clock import Phase
 from swarmtrain.peer.round.context import RoundContext, max_update_bytes
 from swarmtrain.peer.round.decision import RoundDecision, admit, checker_table, decide, round_weight
@@ -30,6 +30,7 @@ from swarmtrain.peer.round.recompute import ballots_of, commitments_of, contribu
 from swarmtrain.peer.round.state import ModelState
 from swarmtrain.peer.round.sync import StateSync
 from swarmtrain.peer.round.vote import Verdict
+from swarmtrain.peer.training import faults
 from swarmtrain.peer.training.contribute import LocalUpdate
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,10 @@ class RoundResult:
 
 
 class RoundEngine:
-    def __init__(self, ctx: RoundContext, sync: StateSync) -> None:
+    def __init__(self, ctx: RoundContext, sync: StateSync, *, fault: str | None = None) -> None:
         self.ctx = ctx
         self.sync = sync
+        self.fault = fault  # only "collude" changes how this peer votes
         self.accepted = 0      # this peer's updates accepted / rejected so far
         self.rejected = 0
         self.last_round_s: float | None = None  # commit to adoption, last round (heartbeat)
@@ -121,6 +123,12 @@ class RoundEngine:
         table = checker_table(r, admitted, ctx.config.vote.checkers_per_update, standing)
         authors = {c.digest: peer for peer, c in admitted.items()}
         mine = {d: authors[d] for d, who in table.items() if ctx.peer_id in who}
+        if faults.colludes(self.fault):
+            verdicts = colluding_verdicts({d: faults.is_colluder_commitment(commits[a].train_loss)
+                                           for d, a in mine.items()})
+            if verdicts:
+                ctx.records.publish_votes(r, ballot(ctx.peer_id, verdicts))
+            return verdicts
         payloads = self.payloads.fetch({d: [a] for d, a in mine.items()}, max_size=max_update_bytes(state.params),
                                        deadline=ctx.phases.deadline(r, Phase.VOTE) - 2 * PUBLISH_MARGIN_S)
         submissions = [Submission(authors[d], d, bytes.fromhex(commits[authors[d]].base_version),

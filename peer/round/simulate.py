@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from swarmtrain.peer.config import SwarmConfig, max_samples
-from swarmtrain.peer.round.check import Checker, Submission
+from swarmtrain.peer.round.check import Checker, Submission, colluding_verdicts
 from swarmtrain.peer.round.decision import Commitment, Vote, admit, checker_table, decide, round_weight
 from swarmtrain.peer.round.merge import merge_round
 from swarmtrain.peer.round.vote import Tally
@@ -76,7 +76,9 @@ class _VirtualPeer:
 
 
 class Simulation:
-    """A one-process swarm; ``fault`` makes the last peer misbehave in that mode.
+    """A one-process swarm; ``fault`` makes the last ``faulty`` peers misbehave in that
+    mode, from round ``attack_from`` on (before it they are not in the swarm at all:
+    attackers who join a running swarm, after the honest peers earned standing).
 
     Each round every peer takes ``inner_steps`` steps. ``overlap`` is the share of them
     taken after the round's snapshot, while (on a real network) the round's checks,
@@ -87,9 +89,12 @@ class Simulation:
 
     def __init__(self, config: SwarmConfig, *, peers: int, fault: str | None = None,
                  validation_batches: int = 8, task: Task | None = None,
-                 device: torch.device | str = "cpu", overlap: float = 0.0) -> None:
+                 device: torch.device | str = "cpu", overlap: float = 0.0,
+                 faulty: int = 1, attack_from: int = 0) -> None:
         if peers < 1:
             raise ValueError(f"--peers must be >= 1, got {peers}")
+        if fault is not None and not 1 <= faulty < peers:
+            raise ValueError(f"--faulty must be in [1, peers), got {faulty} of {peers} peers")
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         self.config = config
@@ -102,8 +107,9 @@ class Simulation:
         self._eval_model = self.task.build_model()
         self._validation = self.task.heldout_batches(validation_batches, VALIDATION_SEED)
         self.peers = []
+        self.attack_from = attack_from
         for i in range(peers):
-            mode = fault if i == peers - 1 else None
+            mode = fault if i >= peers - faulty else None
             trainer = LocalTrainer(self.task, config.train, stream_seed=i, device=device)
             self.peers.append(_VirtualPeer(
                 name=f"peer{i}",
@@ -128,7 +134,8 @@ class Simulation:
         started = time.monotonic()
         after = round(self.overlap * self.config.train.inner_steps)
         self._train(self.config.train.inner_steps - after)
-        updates = {p.name: p.contributor.contribute(p.tracker.snapshot(), self.version) for p in self.peers}
+        present = [p for p in self.peers if self.round >= self.attack_from or p.contributor.fault is None]
+        updates = {p.name: p.contributor.contribute(p.tracker.snapshot(), self.version) for p in present}
         self._train(after)  # on a network: while the round is checked, voted and merged
         submissions = {
             u.committed_digest: Submission(name, u.committed_digest, u.base_version, u.samples, u.payload)
@@ -142,8 +149,13 @@ class Simulation:
         checkers = checker_table(self.round, admitted, self.config.vote.checkers_per_update, self._standing)
         cap = max_samples(self.config)
         ballots: dict[str, dict[bytes, Vote]] = {}
-        for peer in self.peers:
+        colluders = {p.name for p in self.peers if faults.colludes(p.contributor.fault)}
+        for peer in present:
             mine = [submissions[d] for d, who in checkers.items() if peer.name in who]
+            if peer.name in colluders:
+                fellows = {s.committed_digest: s.author in colluders for s in mine}
+                ballots[peer.name] = {d: Vote(v.accept, v.reason) for d, v in colluding_verdicts(fellows).items()}
+                continue
             verdicts = peer.checker.check_round(
                 self.params, self.version, mine, seen=self._seen,
                 own_norms=[updates[peer.name].sent_norm],

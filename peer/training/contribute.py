@@ -100,7 +100,7 @@ class Contributor:
             committed_digest=faults.corrupt_digest(mode, digest),
             base_version=base_version,
             samples=max(1, faults.claimed_samples(mode, samples)),
-            train_loss=snap.train_loss,
+            train_loss=faults.reported_train_loss(mode, snap.train_loss),
             steps=snap.steps,
             train_seconds=snap.train_seconds,
             sent_norm=honest_norm,

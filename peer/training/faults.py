@@ -25,9 +25,14 @@ FAULT_MODES: dict[str, str] = {
     "inflate": "sample-claim check; capped at merge (claims 10^12 samples for a round's work)",
     "metadata": "settings check (grinds its digest, and so its checkers, through payload metadata)",
     "late-commit": "commit-set freeze (commits after the commit deadline; ignored by the others)",
+    "collude": "checks by peers with standing (sends sign-flipped updates; as a checker accepts its "
+               "fellow colluders' and rejects everyone else's)",
 }
 
 SCALE_FACTOR = 10.0
+# Colluders recognise each other's commitments by this train loss (any covert channel
+# would do; this one needs no coordination outside the swarm's own records).
+COLLUDER_MARK = 0.4242421
 OVERFLOW_FACTOR = 1e30
 INFLATED_SAMPLES = 10**12
 
@@ -52,7 +57,7 @@ def corrupt(mode: str | None, update: Mapping[str, Tensor], generator: torch.Gen
     out = {name: t.clone() for name, t in update.items()}
     if mode == "scale":
         return {name: t * SCALE_FACTOR for name, t in out.items()}
-    if mode == "sign-flip":
+    if mode in ("sign-flip", "collude"):
         return {name: -t for name, t in out.items()}
     if mode == "noise":
         noisy: dict[str, Tensor] = {}
@@ -73,7 +78,7 @@ def corrupt(mode: str | None, update: Mapping[str, Tensor], generator: torch.Gen
     return out
 
 
-TENSOR_FAULTS = frozenset({"noise", "scale", "sign-flip", "nan", "free-rider", "overflow", "metadata"})
+TENSOR_FAULTS = frozenset({"noise", "scale", "sign-flip", "nan", "free-rider", "overflow", "metadata", "collude"})
 
 
 def claimed_samples(mode: str | None, samples: int) -> int:
@@ -87,6 +92,20 @@ def metadata(mode: str | None, generator: torch.Generator) -> dict[str, int] | N
     if mode != "metadata":
         return None
     return {"nonce": int(torch.randint(0, 2**31, (1,), generator=generator))}
+
+
+def colludes(mode: str | None) -> bool:
+    """Whether the peer votes for its fellow colluders and against everyone else."""
+    return mode == "collude"
+
+
+def reported_train_loss(mode: str | None, train_loss: float) -> float:
+    """The train loss a peer in this mode publishes (colluders: their mark)."""
+    return COLLUDER_MARK if colludes(mode) else train_loss
+
+
+def is_colluder_commitment(train_loss: float) -> bool:
+    return train_loss == COLLUDER_MARK
 
 
 def commits_late(mode: str | None) -> bool:

@@ -89,3 +89,27 @@ def test_a_late_commitment_is_ignored_and_changes_nothing() -> None:
     assert [r.version_id for r in with_late] == [r.version_id for r in alone]
     late = [o for r in with_late for o in r.outcomes if o.peer == "peer4"]
     assert late and all(not o.accepted and "after the commit deadline" in o.reason for o in late)
+
+
+def test_four_colluders_joining_three_honest_peers_change_nothing() -> None:
+    """The issue's matrix row: 3 honest peers and 4 colluders (sign-flipped updates, votes
+    for each other and against everyone else) joining at round 1. Checks go to peers with
+    standing, so no colluder update is merged, every honest one is, and the swarm ends
+    where the honest peers alone end."""
+    config = _synthetic()
+    honest = Simulation(config, peers=3).run(4)
+    attacked = Simulation(config, peers=7, fault="collude", faulty=4, attack_from=1).run(4)
+    colluders = {"peer3", "peer4", "peer5", "peer6"}
+    outcomes = [o for r in attacked for o in r.outcomes]
+    assert sum(o.peer in colluders for o in outcomes) == 12  # rounds 1-3
+    assert not any(o.accepted for o in outcomes if o.peer in colluders)
+    assert all(o.accepted for o in outcomes if o.peer not in colluders)
+    assert attacked[-1].validation_loss <= honest[-1].validation_loss * 1.02
+
+
+def test_colluders_present_from_a_new_swarms_first_round_capture_it() -> None:
+    """What standing does not stop (README, "not yet defended"): in round 0 nobody has
+    standing, every committer checks, and a colluding majority votes itself in."""
+    attacked = Simulation(_synthetic(), peers=7, fault="collude", faulty=4).run(2)
+    first = attacked[0].outcomes
+    assert any(o.accepted for o in first if o.peer in {"peer3", "peer4", "peer5", "peer6"})

@@ -1,0 +1,126 @@
+"""The attack matrix: what each attack does to the swarm's training, against an all-honest run.
+
+Prints ONE JSON document (and writes it to benchmarks/results/attacks.json with --out).
+Every row is a one-process swarm (``Simulation``: the real round's training, encoding,
+checks, votes, decision and merge, no network) of 3 honest peers plus attackers, run for
+the same rounds as 3 honest peers alone, with the same seeds. Per row:
+
+- ``loss_ratio``: the attacked swarm's final held-out loss / the all-honest swarm's
+  (the issue's bar: within 2 %, i.e. <= 1.02);
+- ``honest_accepted``: the share of honest updates merged (bar: >= 95 %);
+- ``attacker_accepted``: attacker updates merged.
+
+Attackers join at round 1 (``attack_from``), after the honest peers have earned standing,
+except in the "from the first round" row, which shows what standing cannot stop.
+
+    python benchmarks/attacks.py                      # ~10 min on 2 cores
+    python benchmarks/attacks.py --rounds 6 --out benchmarks/results/attacks.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from swarmtrain.peer.config import CodecConfig, OuterConfig, SwarmConfig, preset
+from swarmtrain.peer.round.simulate import RoundReport, Simulation
+from swarmtrain.peer.training.faults import FAULT_MODES
+
+HONEST = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Attack:
+    name: str
+    fault: str
+    attackers: int
+    attack_from: int = 1
+
+
+def matrix() -> list[Attack]:
+    # late-commit is left out: its commitment is never in the round (the simulator drops it).
+    singles = [Attack(f"1 x {mode}", mode, 1) for mode in FAULT_MODES if mode not in ("late-commit", "collude")]
+    return singles + [
+        Attack("4 colluders (3 honest)", "collude", 4),
+        Attack("6 colluders (2x sybils)", "collude", 6),
+        Attack("4 colluders from the first round", "collude", 4, attack_from=0),
+    ]
+
+
+def config(rounds_steps: int) -> SwarmConfig:
+    """The compressed synthetic swarm (fast, and the codec's error feedback is in play)."""
+    base = preset("smoke").replace(task="synthetic")
+    return base.replace(
+        codec=CodecConfig(density=0.05, bits=4, chunk=base.codec.chunk), outer=OuterConfig(),
+        train=dataclasses.replace(base.train, inner_steps=rounds_steps))
+
+
+def run(cfg: SwarmConfig, rounds: int, attack: Attack | None) -> dict[str, object]:
+    started = time.monotonic()
+    if attack is None:
+        reports = Simulation(cfg, peers=HONEST).run(rounds)
+    else:
+        reports = Simulation(cfg, peers=HONEST + attack.attackers, fault=attack.fault,
+                             faulty=attack.attackers, attack_from=attack.attack_from).run(rounds)
+    honest = {f"peer{i}" for i in range(HONEST)}
+    return {
+        "final_loss": round(reports[-1].validation_loss, 5),
+        "honest_accepted": _count(reports, lambda peer: peer in honest),
+        "attacker_accepted": _count(reports, lambda peer: peer not in honest),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def _count(reports: list[RoundReport], who) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    outcomes = [o for r in reports for o in r.outcomes if who(o.peer)]
+    return {"accepted": sum(o.accepted for o in outcomes), "updates": len(outcomes)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--inner-steps", type=int, default=40)
+    parser.add_argument("--only", default=None, help="run only the rows whose name contains this")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    cfg = config(args.inner_steps)
+    baseline = run(cfg, args.rounds, None)
+    rows = []
+    for attack in matrix():
+        if args.only and args.only not in attack.name:
+            continue
+        result = run(cfg, args.rounds, attack)
+        honest = result["honest_accepted"]
+        rows.append({
+            "attack": attack.name, "fault": attack.fault, "attackers": attack.attackers,
+            "attack_from": attack.attack_from, **result,
+            "loss_ratio": round(result["final_loss"] / baseline["final_loss"], 4),  # type: ignore[operator]
+            "honest_accepted_share": round(honest["accepted"] / max(1, honest["updates"]), 4),  # type: ignore[index]
+        })
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    doc = {
+        "benchmark": "attacks",
+        "command": "python benchmarks/attacks.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "task": cfg.task, "honest_peers": HONEST, "rounds": args.rounds, "inner_steps": args.inner_steps,
+        "codec": {"density": cfg.codec.density, "bits": cfg.codec.bits},
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cores": os.cpu_count()},
+        "all_honest": baseline, "rows": rows,
+    }
+    text = json.dumps(doc, indent=1)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
