@@ -13,8 +13,8 @@ the same rounds as 3 honest peers alone, with the same seeds. Per row:
 Attackers join at round 1 (``attack_from``), after the honest peers have earned standing,
 except in the "from the first round" row, which shows what standing cannot stop.
 
-    python benchmarks/attacks.py                      # ~10 min on 2 cores
-    python benchmarks/attacks.py --rounds 6 --out benchmarks/results/attacks.json
+    python benchmarks/attacks.py --out benchmarks/results/attacks.json          # ~30 s
+    python benchmarks/attacks.py --task stdlib-lm --out benchmarks/results/attacks-lm.json
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ def matrix() -> list[Attack]:
     ]
 
 
-def config(rounds_steps: int) -> SwarmConfig:
-    """The compressed synthetic swarm (fast, and the codec's error feedback is in play)."""
-    base = preset("smoke").replace(task="synthetic")
+def config(rounds_steps: int, task: str) -> SwarmConfig:
+    """A compressed smoke swarm (the codec's error feedback is in play)."""
+    base = preset("smoke").replace(task=task)
     return base.replace(
         codec=CodecConfig(density=0.05, bits=4, chunk=base.codec.chunk), outer=OuterConfig(),
         train=dataclasses.replace(base.train, inner_steps=rounds_steps))
@@ -88,11 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--inner-steps", type=int, default=40)
+    parser.add_argument("--task", default="synthetic", help="synthetic (~30 s) or stdlib-lm (a byte-level LM)")
     parser.add_argument("--only", default=None, help="run only the rows whose name contains this")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    cfg = config(args.inner_steps)
+    cfg = config(args.inner_steps, args.task)
     baseline = run(cfg, args.rounds, None)
     rows = []
     for attack in matrix():

@@ -22,6 +22,7 @@ from hivemind.utils.multiaddr.exceptions import Error as MultiaddrError
 
 from swarmtrain.dht.identity import Identity
 from swarmtrain.dht.keys import validate_round, validate_swarm_name
+from swarmtrain.dht.nat import NatOptions
 from swarmtrain.dht.validator import round_window, swarm_validators
 
 __all__ = [
@@ -77,12 +78,15 @@ def start_dht(
     client_mode: bool = False,
     first_round: int = 0,
     start_timeout: float = DEFAULT_START_TIMEOUT_S,
+    nat: NatOptions | None = None,
 ) -> hivemind.DHT:
     """Start a DHT node that validates ``swarm``'s records and signs with ``identity``.
 
     ``initial_peers`` empty starts a new DHT (print :func:`visible_maddrs` for others to
     join). ``first_round`` centres the validator's round window for a late joiner (records.py
-    moves it as rounds go by). Raises a :class:`BootstrapError` subclass on a bad start.
+    moves it as rounds go by). ``nat`` sets relaying, hole punching and announced addresses
+    (see dht/nat.py; its client_mode or ``client_mode`` makes a client node). Raises a
+    :class:`BootstrapError` subclass on a bad start.
     """
     validate_swarm_name(swarm)
     validate_round(first_round)
@@ -91,13 +95,15 @@ def start_dht(
         raise BootstrapError(f"port must be in [0, 65535] (0 picks a free one), got {port}")
     listen = _listen_maddr(host, port)
     _check_some_peer_accepts_tcp(peers)
+    nat_kwargs = (nat or NatOptions()).hivemind_kwargs(peers)
+    nat_kwargs["client_mode"] = nat_kwargs["client_mode"] or client_mode
     dht = hivemind.DHT(
         initial_peers=peers,
         start=False,
         identity_path=str(identity.path),
         host_maddrs=[listen],
-        client_mode=client_mode,
         record_validators=swarm_validators(identity, swarm, round_window(first_round)),
+        **nat_kwargs,
     )
     try:
         dht.run_in_background(await_ready=True, timeout=start_timeout)

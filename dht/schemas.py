@@ -23,6 +23,7 @@ from swarmtrain.dht.keys import SWARM_NAME_RULE, KeyFamily
 
 __all__ = [
     "DIGEST_HEX_LEN",
+    "LOSS_TREND_LEN",
     "MAX_ADDRESSES",
     "MAX_CONFIG_BYTES",
     "MAX_DIGESTS_PER_RECORD",
@@ -51,6 +52,8 @@ _MAX_CONFIG_DEPTH = 8
 # that needs the list moved out of the DHT (a stream) rather than a bigger record.
 MAX_DIGESTS_PER_RECORD = 64
 MAX_ADDRESSES = 8
+# Losses a heartbeat carries for the status view's trend (~150 bytes packed).
+LOSS_TREND_LEN = 16
 
 Hex64 = Annotated[str, StringConstraints(pattern=rf"^[0-9a-f]{{{DIGEST_HEX_LEN}}}$")]
 # base58 (bitcoin alphabet); RSA PeerIDs are 46 characters ("Qm..."), Ed25519 ones 52.
@@ -162,6 +165,9 @@ class PeerRecord(SwarmRecord):
     # training speed: what tells a user whether the swarm keeps their hardware busy.
     utilisation: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
     samples_per_s: Annotated[float, Field(ge=0.0, le=1e9, allow_inf_nan=False)] | None = None
+    # Held-out loss of the last versions this peer held, oldest first (the trend `status
+    # --watch` draws). Optional, so heartbeats without it stay valid.
+    loss_trend: Annotated[list[FiniteFloat], Field(max_length=LOSS_TREND_LEN)] | None = None
 
 
 class CommitRecord(SwarmRecord):

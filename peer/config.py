@@ -71,6 +71,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
+    # LoRA adapter rank for hf: tasks (0: train every parameter). With a rank, the base
+    # model is frozen and the swarm trains, sends and merges only the adapters.
+    lora_rank: int = 0
 
     def __post_init__(self) -> None:
         _check(1 <= self.batch_size <= 1 << 16, f"train.batch_size must be in [1, 65536], got {self.batch_size}")
@@ -78,6 +81,7 @@ class TrainConfig:
         _check(0 < self.lr < 1, f"train.lr must be in (0, 1), got {self.lr}")
         _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.grad_clip > 0, f"train.grad_clip must be > 0, got {self.grad_clip}")
+        _check(0 <= self.lora_rank <= 4096, f"train.lora_rank must be in [0, 4096], got {self.lora_rank}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,6 +19,9 @@ from pathlib import Path
 
 from swarmtrain.dht import (DHTTimeoutError, GenesisRecord, PeerRecord, SwarmRecords, ValidationError,
                             is_loopback_host, load_or_create_identity, start_dht, visible_maddrs)
+from swarmtrain.dht.nat import NatOptions
+from swarmtrain.peer.metrics import PeerMetrics, recorded_contributions
+from swarmtrain.dht.schemas import LOSS_TREND_LEN
 from swarmtrain.peer.config import SwarmConfig
 from swarmtrain.peer.exchange.service import Exchange
 from swarmtrain.peer.round.check import Checker
@@ -33,7 +36,7 @@ from swarmtrain.peer.training import faults
 from swarmtrain.peer.training.contribute import Contributor
 from swarmtrain.peer.training.localstate import LocalStateError
 from swarmtrain.peer.training.progress import ProgressTracker, carries_progress
-from swarmtrain.peer.training.tasks import BUILTIN_TASKS, load_task
+from swarmtrain.peer.training.tasks import BUILTIN_TASKS, HF_PREFIX, load_task
 from swarmtrain.peer.training.trainer import LocalTrainer, resolve_device
 from swarmtrain.peer.training.worker import TrainingWorker
 
@@ -83,6 +86,9 @@ class NodeOptions:
     # other candidate, a back-dated one included, can capture this peer.
     genesis_digest: str | None = None
     trust_states: bool = False         # --trust-state: take a state that cannot be replayed on its holders' word
+    data: tuple[Path, ...] = ()        # this peer's text files for an hf: task (--data)
+    nat: NatOptions = field(default_factory=NatOptions)  # relays, hole punching, announced addresses
+    metrics: PeerMetrics = field(default_factory=PeerMetrics)  # served by the caller when --metrics-port is given
     announce: Callable[[str], None] = print
     clock: Clock = field(default_factory=SystemClock)
 
@@ -93,7 +99,7 @@ class Node:
         self.data_dir = options.data_dir.expanduser().resolve()
         self.identity = load_or_create_identity(self.data_dir)
         self.dht = start_dht(initial_peers=list(options.initial_peers), identity=self.identity,
-                             swarm=options.swarm, host=options.host, port=options.port)
+                             swarm=options.swarm, host=options.host, port=options.port, nat=options.nat)
         self.exchange: Exchange | None = None
         self.store: VersionStore | None = None
         self.resumed = False  # this data dir held a version beyond the genesis
@@ -103,10 +109,10 @@ class Node:
             self.addresses = visible_maddrs(self.dht, loopback=is_loopback_host(options.host))
             self.exchange = Exchange.start(self.dht)
             self.genesis = self._establish_genesis()
-            self.config = SwarmConfig.from_dict(self.genesis.config)
+            self.config = check_genesis(self.genesis, insisted=self.options.config)  # hf: this machine's path
             self.phases = PhaseClock(self.genesis.genesis_time, self.config.timing)
             self.store = VersionStore(self.data_dir / "versions")
-            self.task = load_task(self.config)
+            self.task = load_task(self.config, data=self.options.data)
             self.state = self._initial_state()
             seed = int.from_bytes(self.identity.peer_id.encode()[-6:], "big")
             self.contributor = Contributor(self.config, stream_seed=seed, fault=options.fault)
@@ -120,8 +126,9 @@ class Node:
                 announce=options.announce)
             self.sync = StateSync(self.context, trust_states=self.options.trust_states)
             self.sync.serve(self.state)
-            self.engine = RoundEngine(self.context, self.sync)
+            self.engine = RoundEngine(self.context, self.sync, fault=options.fault)
             self.worker: TrainingWorker | None = None
+            self._losses: dict[bytes, float] = {}  # held-out loss by version, for the heartbeat's trend
         except BaseException:
             self.close()
             raise
@@ -202,6 +209,9 @@ class Node:
         assert self.store is not None
         genesis = genesis_state(self.task, self.config)
         checksum = genesis.checksum.hex()
+        if checksum != self.genesis.initial_checksum and self.config.task.startswith(HF_PREFIX):
+            raise JoinError(f"your model directory differs from the swarm's (checksum {checksum[:12]} vs "
+                            f"{self.genesis.initial_checksum[:12]}); use the swarm's model files (config and weights)")
         if checksum != self.genesis.initial_checksum:
             raise JoinError(f"this machine builds a different initial model for task {self.config.task!r} "
                             f"(checksum {checksum[:12]} vs the genesis' {self.genesis.initial_checksum[:12]}); "
@@ -259,6 +269,8 @@ class Node:
         next round trains.
         """
         self.options.announce(f"peer {self.identity.peer_id} in swarm {self.options.swarm!r}")
+        self.options.metrics.describe(role="peer", peer_id=self.identity.peer_id, swarm=self.options.swarm,
+                                      software=SOFTWARE_VERSION)
         if self.options.address_file is not None:  # before the lines below, which scripts wait for too
             atomic_write(self.options.address_file, "".join(f"{a}\n" for a in self.addresses).encode())
         for address in self.addresses:
@@ -309,6 +321,8 @@ class Node:
                     continue
                 self._adopt(result.state)
                 summaries.append(result.summary)
+                self.options.metrics.round_done(result.summary, train_loss=update.train_loss,
+                                                contributions=recorded_contributions(self.context.store, result.summary))
                 self._save_local_state()
                 self.options.announce(result.summary.line())
                 self.heartbeat(role="training")
@@ -358,7 +372,10 @@ class Node:
         sent = self.exchange.stats()
         stats = None if self.worker is None else self.worker.stats()
         loss = self.state.validation_loss
-        self.records.heartbeat(PeerRecord(
+        if loss is not None and math.isfinite(loss):
+            self._losses[self.state.version] = loss
+            self._losses = dict(list(self._losses.items())[-LOSS_TREND_LEN:])
+        record = PeerRecord(
             peer_id=self.identity.peer_id, addresses=self.addresses[:8], round=self.state.round,
             version_id=self.state.version.hex(), state_checksum=self.state.checksum.hex(), role=role,
             last_val_loss=loss if loss is not None and math.isfinite(loss) else None,
@@ -368,7 +385,11 @@ class Node:
             resyncs=self.sync.resyncs,
             utilisation=None if stats is None else round(min(1.0, stats.utilisation), 4),
             samples_per_s=None if stats is None else round(stats.samples_per_second, 2),
-        ))
+            loss_trend=[round(v, 5) for v in self._losses.values()] or None,
+        )
+        self.options.metrics.peer_status(record, invalid_records=self.records.invalid_records,
+                                         fetch_failures=sent.fetches_failed)
+        self.records.heartbeat(record)
 
     def close(self) -> None:
         """Stop serving, leave the DHT, release the data dir (safe to call twice)."""
@@ -416,7 +437,14 @@ def check_genesis(genesis: GenesisRecord, *, insisted: SwarmConfig | None) -> Sw
     if genesis.task != theirs.task:
         raise JoinError(f"the genesis of {genesis.swarm!r} names task {genesis.task!r} but its settings "
                         f"say {theirs.task!r}: a malformed genesis; pin the swarm's real one with --genesis")
-    if theirs.task not in BUILTIN_TASKS and (insisted is None or insisted.task != theirs.task):
+    if theirs.task.startswith(HF_PREFIX):
+        # The model directory is local files whose path differs per machine: the joiner names
+        # its own, and the genesis' initial checksum (checked once it is built) proves it the same.
+        if insisted is None or not insisted.task.startswith(HF_PREFIX):
+            raise JoinError(f"swarm {genesis.swarm!r} trains a Hugging Face model from local files "
+                            f"({theirs.task!r}); name your copy: --task hf:PATH --data PATH [PATH ...]")
+        theirs = theirs.replace(task=insisted.task)
+    elif theirs.task not in BUILTIN_TASKS and (insisted is None or insisted.task != theirs.task):
         # A "module:function" task is code: it runs only when this peer's own command line
         # names it, never because a DHT record (anyone's) does.
         raise JoinError(f"swarm {genesis.swarm!r} trains task {theirs.task!r}, which is code on this "

@@ -13,8 +13,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
+from swarmtrain.peer.app import configfile
 from swarmtrain.peer.config import AVERAGE, DENSE, PRESETS, ConfigError, OuterConfig, SwarmConfig, preset
 from swarmtrain.peer.training.faults import FAULT_MODES, FaultError
 from swarmtrain.peer.training.tasks.base import TaskError
@@ -26,10 +27,15 @@ def _runtime_errors() -> tuple[type[BaseException], ...]:
     from swarmtrain.peer.store.versions import StoreError
     from swarmtrain.peer.training.trainer import DeviceError
     from swarmtrain.peer.training.worker import WorkerError
-    return (BootstrapError, DHTTimeoutError, IdentityError, JoinError, StoreError, DeviceError, WorkerError)
+    from swarmtrain.peer.app.export import ExportError
+    from swarmtrain.peer.metrics import MetricsPortError
+    return (BootstrapError, DHTTimeoutError, IdentityError, JoinError, StoreError, DeviceError, WorkerError,
+            ExportError, MetricsPortError)
 
 
 if TYPE_CHECKING:
+    from swarmtrain.dht.nat import NatOptions
+    from swarmtrain.peer.metrics import Metrics
     from swarmtrain.peer.round.simulate import RoundReport
     from swarmtrain.peer.store.versions import VersionStore
 
@@ -70,6 +76,28 @@ def _add_swarm_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--uncompressed", action="store_true",
                         help="send dense fp32 updates merged by their plain mean (the presets' default)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the initial model and data")
+    parser.add_argument("--lora", type=_positive_int, default=None, metavar="RANK",
+                        help="hf: tasks: freeze the base model, train and merge only LoRA adapters of this rank")
+
+
+def _add_data_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", nargs="+", default=None, metavar="PATH",
+                        help="hf: tasks: this peer's text files, directories of them, or JSONL with a \"text\" field")
+
+
+def _data_paths(args: argparse.Namespace, task: str) -> tuple[Path, ...]:
+    """``--data`` checked against the task: an hf: task needs it, the others bring their own."""
+    from swarmtrain.peer.training.tasks import HF_PREFIX
+
+    data = tuple(Path(p) for p in args.data or ())
+    if task.startswith(HF_PREFIX) and not data:
+        raise UsageError(f"task {task!r} trains on local text: add --data PATH [PATH ...]")
+    if data and not task.startswith(HF_PREFIX):
+        raise UsageError("--data is for Hugging Face models: name the model directory too, --task hf:PATH")
+    from swarmtrain.peer.training.tasks.textdata import collect_text_files
+
+    collect_text_files(data)  # a missing path fails now, before a DHT node starts
+    return data
 
 
 def swarm_config_from_args(args: argparse.Namespace, default_preset: str) -> SwarmConfig:
@@ -79,6 +107,8 @@ def swarm_config_from_args(args: argparse.Namespace, default_preset: str) -> Swa
         config = config.replace(task=args.task)
     if args.seed is not None:
         config = config.replace(seed=args.seed)
+    if args.lora is not None:
+        config = config.replace(train=dataclasses.replace(config.train, lora_rank=args.lora))
     if args.inner_steps is not None:
         config = config.replace(train=dataclasses.replace(config.train, inner_steps=args.inner_steps))
     if args.uncompressed:
@@ -101,12 +131,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     from swarmtrain.peer.round.simulate import Simulation
     from swarmtrain.peer.app.terminal import print_round, print_summary, simulation_header
+    from swarmtrain.peer.training.tasks import load_task
     from swarmtrain.peer.training.trainer import resolve_device
 
     torch.set_num_threads(args.threads)
     config = swarm_config_from_args(args, default_preset="demo")
-    sim = Simulation(config, peers=args.peers, fault=args.fault, device=resolve_device(args.device),
-                     overlap=args.overlap)
+    task = load_task(config, data=_data_paths(args, config.task))
+    if args.fault is not None and not 1 <= args.faulty < args.peers:
+        raise UsageError(f"--faulty {args.faulty} needs at least one honest peer: use --faulty 1..{args.peers - 1}")
+    sim = Simulation(config, peers=args.peers, fault=args.fault, device=resolve_device(args.device), task=task,
+                     overlap=args.overlap, faulty=args.faulty, attack_from=args.attack_from)
     if args.json:
         reports = sim.run(args.rounds, on_round=lambda r: print(json.dumps(_report_dict(r)), flush=True))
         return 0 if reports else 1
@@ -122,13 +156,69 @@ def _report_dict(report: "RoundReport") -> dict[str, object]:
     return data
 
 
-_SWARM_FLAGS = ("task", "preset", "density", "bits", "inner_steps", "seed")
+_SWARM_FLAGS = ("task", "preset", "density", "bits", "inner_steps", "seed", "lora")
 
 
 def _add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", metavar="DEV",
                         help="where local training runs: auto (a CUDA GPU if torch sees one), cpu, cuda, cuda:N; "
                              "merges and votes always run on the CPU")
+
+
+def _add_nat_options(parser: argparse.ArgumentParser, *, with_announce: bool = True) -> None:
+    """Relaying, hole punching and announced addresses (README "Peers behind NAT").
+
+    A subcommand that defines its own ``--announce`` (dest ``announce``) passes
+    ``with_announce=False``; :func:`_nat_options` reads it all the same.
+    """
+    nat = parser.add_argument_group("peers behind NAT")
+    nat.add_argument("--relay", action="store_true",
+                     help="this peer has a public address: relay for NATed peers from the start")
+    nat.add_argument("--auto-relay", action="store_true",
+                     help="this peer is behind NAT: reserve a slot on a relay and announce the relayed address")
+    nat.add_argument("--relay-via", nargs="+", default=None, metavar="MADDR",
+                     help="with --auto-relay: the relays to use (default: the initial peers)")
+    nat.add_argument("--no-relay", action="store_true",
+                     help="neither relay for others nor dial through relays (NATed peers become unreachable)")
+    nat.add_argument("--no-hole-punching", action="store_true",
+                     help="no AutoNAT and no hole punching: relayed connections stay relayed")
+    nat.add_argument("--reachability", choices=("auto", "public", "private"), default=None,
+                     help="skip AutoNAT's guess (default: private with --auto-relay, public with --relay, else auto)")
+    nat.add_argument("--client-mode", action="store_true",
+                     help="the DHT node asks but never answers: for a peer nobody can dial and no relay serves")
+    if with_announce:
+        nat.add_argument("--announce", nargs="+", default=None, metavar="MADDR",
+                         help="addresses others should dial (a public IP, a forwarded port), like /ip4/1.2.3.4/tcp/31337")
+
+
+def _nat_options(args: argparse.Namespace) -> "NatOptions":
+    from swarmtrain.dht.nat import NatOptions, NatOptionsError
+
+    try:
+        return NatOptions(
+            relay=not args.no_relay, auto_relay=args.auto_relay, relay_service=args.relay,
+            relays=tuple(args.relay_via or ()), reachability=args.reachability,
+            hole_punching=not args.no_hole_punching, announce=tuple(getattr(args, "announce", None) or ()),
+            client_mode=args.client_mode)
+    except NatOptionsError as error:
+        raise UsageError(str(error)) from error
+
+
+def _add_metrics_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="serve Prometheus metrics on http://HOST:PORT/metrics (HOST: --host; 0: any free port)")
+
+
+MetricsT = TypeVar("MetricsT", bound="Metrics")
+
+
+def _start_metrics(args: argparse.Namespace, metrics: MetricsT) -> MetricsT:
+    """``metrics``, served when --metrics-port is given (before any DHT starts, so a taken
+    port fails in a moment, with nothing joined)."""
+    if args.metrics_port is not None:
+        metrics.serve(args.metrics_port, host=args.host)
+        print(f"metrics on http://{args.host}:{metrics.port}/metrics", flush=True)
+    return metrics
 
 
 def _digest(text: str) -> str:
@@ -166,13 +256,17 @@ def cmd_join(args: argparse.Namespace) -> int:
 
     import torch
 
+    from swarmtrain.peer.metrics import PeerMetrics
+    from swarmtrain.peer.app.panel import JoinOutput
     from swarmtrain.peer.node import Node, NodeOptions
     from swarmtrain.peer.training.trainer import resolve_device
 
     resolve_device(args.device)  # a wrong --device fails here, before a DHT node starts
+    data = _data_paths(args, args.task or "")
     torch.set_num_threads(args.threads)
     signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
     insisted = _insisted_config(args)
+    output = JoinOutput(sys.stdout)
     options = NodeOptions(
         swarm=args.swarm, data_dir=Path(args.data_dir or f"swarm-data/{args.swarm}"),
         initial_peers=tuple(args.initial_peers or ()), host=args.host, port=args.port,
@@ -180,15 +274,38 @@ def cmd_join(args: argparse.Namespace) -> int:
         new_swarm_config=insisted or swarm_config_from_args(args, default_preset="demo"),
         start_delay=args.start_delay,
         address_file=Path(args.address_file) if args.address_file else None,
-        device=args.device, genesis_digest=args.genesis, trust_states=args.trust_state,
-        announce=lambda line: print(line, flush=True),
+        device=args.device, genesis_digest=args.genesis, trust_states=args.trust_state, nat=_nat_options(args), data=data,
+        announce=output.announce, metrics=_start_metrics(args, PeerMetrics()),
     )
-    node = Node(options)
     try:
-        node.run()
+        node = Node(options)
+        try:
+            with output.panel(node):  # a terminal only: pipes get the plain lines alone
+                node.run()
+        finally:
+            node.close()
     finally:
-        node.close()
+        options.metrics.close()
     return 0
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    import signal
+
+    from swarmtrain.peer.app.bootstrap import BootstrapOptions, run_bootstrap
+    from swarmtrain.peer.metrics import BootstrapMetrics
+
+    signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
+    options = BootstrapOptions(
+        swarm=args.swarm, data_dir=Path(args.data_dir or f"swarm-data/{args.swarm}-bootstrap"),
+        initial_peers=tuple(args.initial_peers or ()), host=args.host, port=args.port, nat=_nat_options(args),
+        address_file=Path(args.address_file) if args.address_file else None,
+        say=lambda line: print(line, flush=True), metrics=_start_metrics(args, BootstrapMetrics()),
+    )
+    try:
+        return run_bootstrap(options)
+    finally:
+        options.metrics.close()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -204,21 +321,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from swarmtrain.peer.app.status import SwarmObserver, render
+    from swarmtrain.peer.app.status import RECENT_ROUNDS, SwarmObserver, render, render_watch
 
     observer = SwarmObserver(args.swarm, args.initial_peers)
     try:
         if args.json:
-            print(json.dumps(observer.snapshot().to_dict(), indent=2))
+            print(json.dumps(observer.snapshot(RECENT_ROUNDS).to_dict(), indent=2))
             return 0
         console = Console()
         if not args.watch:
             console.print(render(observer.snapshot()))
             return 0
-        with Live(render(observer.snapshot()), console=console, refresh_per_second=1) as live:
+        with Live(render_watch(observer.snapshot(RECENT_ROUNDS)), console=console, refresh_per_second=1) as live:
             while True:
                 time.sleep(2.0)
-                live.update(render(observer.snapshot()))
+                live.update(render_watch(observer.snapshot(RECENT_ROUNDS)))
     finally:
         observer.close()
 
@@ -250,12 +367,15 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from swarmtrain.peer.app.export import export_version
+
     store = _open_store(args.data_dir)
     try:
-        out = store.export(args.version, Path(args.out))
+        exported = export_version(store, Path(args.data_dir), args.version, Path(args.out), fmt=args.format,
+                                  model_dir=Path(args.model) if args.model else None)
     finally:
         store.close()
-    print(f"wrote {out}")
+    print(f"wrote {exported.path}")
     return 0
 
 
@@ -281,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--rounds", type=_positive_int, default=8)
     sim.add_argument("--fault", choices=list(FAULT_MODES), default=None,
                      help="make the last peer misbehave: " + "; ".join(f"{k}: {v}" for k, v in FAULT_MODES.items()))
+    sim.add_argument("--faulty", type=_positive_int, default=1, metavar="N",
+                     help="with --fault: how many peers (the last N) misbehave (default 1)")
+    sim.add_argument("--attack-from", type=int, default=0, metavar="ROUND",
+                     help="with --fault: the faulty peers join at this round (default 0: from the start)")
     sim.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")
     sim.add_argument("--overlap", type=_share, default=0.0, metavar="F",
                      help="share of each round's steps taken while the round is exchanged, carried onto "
@@ -288,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_option(sim)
     sim.add_argument("--json", action="store_true", help="one JSON object per round instead of the table")
     _add_swarm_options(sim)
+    _add_data_option(sim)
     sim.set_defaults(func=cmd_simulate)
 
     join = sub.add_parser("join", help="run a peer: start a swarm, or join one with --initial-peers")
@@ -312,8 +437,27 @@ def build_parser() -> argparse.ArgumentParser:
                            "gone), download the newest version from the peers that publish it and take it on "
                            "their word (by default a peer adopts only versions it recomputed itself)")
     _add_device_option(join)
+    _add_metrics_option(join)
+    _add_nat_options(join)
     _add_swarm_options(join)
+    _add_data_option(join)
     join.set_defaults(func=cmd_join)
+
+    boot = sub.add_parser("bootstrap", help="run a swarm's entry point: a DHT node that validates the swarm's "
+                          "records, with no model (recommended first node of a swarm)")
+    boot.add_argument("--swarm", default="demo", help="swarm name whose records it validates (default: demo)")
+    boot.add_argument("--initial-peers", nargs="+", metavar="MADDR",
+                      help="other bootstrap nodes of the swarm, to chain with (none: start the DHT)")
+    boot.add_argument("--data-dir", default=None,
+                      help="keeps the node's identity, so its address survives restarts "
+                           "(default: swarm-data/SWARM-bootstrap)")
+    boot.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
+    boot.add_argument("--port", type=int, default=0, help="TCP port to listen on (0: any free port)")
+    boot.add_argument("--address-file", default=None, metavar="PATH",
+                      help="write the addresses peers join with to PATH, one per line, once ready")
+    _add_metrics_option(boot)
+    _add_nat_options(boot)  # its --announce: the address others dial, e.g. /ip4/PUBLIC_IP/tcp/31337
+    boot.set_defaults(func=cmd_bootstrap)
 
     demo = sub.add_parser("demo", help="a local swarm of N peer processes on 127.0.0.1, shown live")
     demo.add_argument("--peers", type=_positive_int, default=3)
@@ -336,11 +480,17 @@ def build_parser() -> argparse.ArgumentParser:
     log_cmd.add_argument("--json", action="store_true")
     log_cmd.set_defaults(func=cmd_log)
 
-    export = sub.add_parser("export", help="write a kept version's parameters to a .safetensors file")
+    export = sub.add_parser("export", help="write a kept version: a .safetensors file, or an HF/PEFT directory")
     export.add_argument("version", help="version id or a unique prefix of one")
     export.add_argument("out", help="output path, e.g. model.safetensors")
     export.add_argument("--data-dir", default="swarm-data/demo", help="the peer's data dir")
+    export.add_argument("--format", choices=("safetensors", "hf", "peft"), default="safetensors",
+                        help="safetensors: one file of the parameters (default); hf: a directory "
+                             "AutoModelForCausalLM.from_pretrained loads (LoRA merged); peft: the LoRA adapter")
+    export.add_argument("--model", default=None, metavar="DIR",
+                        help="hf/peft: this machine's model directory (default: the one the genesis names)")
     export.set_defaults(func=cmd_export)
+    configfile.add_to_every_subcommand(parser)  # last: every subcommand's flags are config keys
     return parser
 
 
@@ -349,7 +499,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Read when hivemind is first imported (inside the commands), so set it here.
     os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING")
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        sub = configfile.prepare(parser, argv)  # a --config file's values become the defaults
+    except configfile.ConfigFileError as error:
+        print(f"swarmtrain: error: {error}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
+    if getattr(args, "print_config", False) and sub is not None:
+        print(configfile.to_toml(configfile.effective(sub, args)), end="")
+        return 0
     try:
         return int(args.func(args))
     except (ConfigError, FaultError, TaskError, UsageError) as error:

@@ -62,13 +62,22 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def shared_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters the swarm trains, sends, merges and checksums: the trainable ones.
+
+    A task decides by what its ``build_model`` freezes (``requires_grad=False``), e.g. a
+    LoRA base model; every parameter of the built-in tasks is trainable.
+    """
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
 def model_params(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Detached fp32 CPU copies of the parameters, keyed by ``named_parameters()`` names.
+    """Detached fp32 CPU copies of the shared parameters (:func:`shared_parameters`).
 
     ``named_parameters`` lists a tied (shared) parameter once, under its first name.
     """
     return {name: p.detach().to(device="cpu", dtype=torch.float32, copy=True)
-            for name, p in model.named_parameters()}
+            for name, p in shared_parameters(model).items()}
 
 
 def load_model_params(model: nn.Module, params: Mapping[str, torch.Tensor]) -> None:
@@ -77,7 +86,7 @@ def load_model_params(model: nn.Module, params: Mapping[str, torch.Tensor]) -> N
     Raises :class:`ParamsMismatchError` before changing anything if the names or shapes
     differ, so a bad mapping never leaves the model half-loaded.
     """
-    own = dict(model.named_parameters())
+    own = shared_parameters(model)
     missing, unexpected = sorted(own.keys() - params.keys()), sorted(params.keys() - own.keys())
     if missing or unexpected:
         raise ParamsMismatchError(f"parameters do not match the model: missing {missing[:5]}"

@@ -6,8 +6,10 @@ its DHT child and p2pd end with it.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +26,7 @@ from swarmtrain.peer.training.trainer import evaluate_loss
 SMOKE = ["--preset", "smoke"]
 HIVEMIND_ADDRESS = re.compile(r"--initial_peers (/ip4/127\.0\.0\.1/\S+)")
 ROUND_LINE = re.compile(r"^round (\d+): version ([0-9a-f]{12})", re.MULTILINE)
+METRICS_LINE = re.compile(r"^metrics on (http://\S+)$", re.MULTILINE)
 
 
 def versions_by_round(log: str) -> dict[str, str]:
@@ -67,6 +70,31 @@ class Swarm:
             time.sleep(0.2)
         raise AssertionError("hivemind-dht printed no address:\n" + log_path.read_text())
 
+    def start_bootstrap(self, label: str, *args: str) -> str:
+        """`swarmtrain bootstrap` (the swarm's validating entry point) on 127.0.0.1; returns
+        its address once it prints one. Tracked like a peer (wait_for_line, stop_all)."""
+        data_dir = self.root / label
+        data_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.root / f"{label}.log"
+        command = [sys.executable, "-m", "swarmtrain.peer.app.cli", "bootstrap", "--swarm", self.name,
+                   "--data-dir", str(data_dir), *args]
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+        self.peers[label] = PeerProcess(name=label, data_dir=data_dir, log_path=log_path, process=process)
+        return self.peers[label].address()
+
+    def metrics_url(self, label: str, timeout: float = 60.0) -> str:
+        """The /metrics URL a process started with --metrics-port printed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = METRICS_LINE.search(self.peers[label].log_text())
+            if match:
+                return match.group(1)
+            assert self.peers[label].running(), self.peers[label].log_text()[-3000:]
+            time.sleep(0.2)
+        raise AssertionError(f"{label} printed no metrics URL:\n{self.peers[label].log_text()[-3000:]}")
+
     def wait(self, *labels: str, timeout: float) -> None:
         """Wait for these peers to exit; fail with their logs if one does not in time or fails."""
         deadline = time.monotonic() + timeout
@@ -91,6 +119,13 @@ class Swarm:
             proc.stop()
         for other in self._others:
             stop_group(other)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for servers that need one named up front)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def history(data_dir: Path) -> list[VersionCommit]:

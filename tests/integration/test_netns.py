@@ -17,12 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from netns import ip as _ip
 from swarmkit import SMOKE, Swarm, versions_by_round
 
 pytestmark = [pytest.mark.integration]
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
 
 
 @pytest.fixture

@@ -2,13 +2,15 @@
 
 ``config.task`` is a built-in name (see :data:`BUILTIN_TASKS`) or ``module:function``,
 where ``function(config)`` returns a :class:`Task` (the function may be a dotted
-attribute path such as ``pkg.mod:Factory.create``).
+attribute path such as ``pkg.mod:Factory.create``), or ``hf:PATH``, a Hugging Face model
+directory trained on the peer's own ``data`` files (:mod:`.hf`).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import MappingProxyType
 
 from swarmtrain.peer.config import SwarmConfig
@@ -17,7 +19,10 @@ from .base import Batch, Task, TaskError
 from .stdlib_lm import make_stdlib_lm
 from .synthetic import make_synthetic
 
-__all__ = ["BUILTIN_TASKS", "Batch", "Task", "TaskError", "load_task"]
+__all__ = ["BUILTIN_TASKS", "HF_PREFIX", "Batch", "Task", "TaskError", "load_task"]
+
+# ``hf:PATH``: a local Hugging Face model directory (imported on use: transformers is slow to load).
+HF_PREFIX = "hf:"
 
 BUILTIN_TASKS: Mapping[str, Callable[[SwarmConfig], Task]] = MappingProxyType({
     "stdlib-lm": make_stdlib_lm,
@@ -28,7 +33,8 @@ BUILTIN_TASKS: Mapping[str, Callable[[SwarmConfig], Task]] = MappingProxyType({
 def _valid_forms() -> str:
     names = ", ".join(repr(n) for n in BUILTIN_TASKS)
     return (f"valid tasks: {names}, or 'module:function' where module is importable and "
-            "function(config: SwarmConfig) returns a swarmtrain.peer.training.tasks.Task")
+            "function(config: SwarmConfig) returns a swarmtrain.peer.training.tasks.Task, "
+            "or 'hf:PATH' (a local Hugging Face model directory)")
 
 
 def _resolve_user_factory(spec: str) -> Callable[[SwarmConfig], object]:
@@ -57,9 +63,21 @@ def _resolve_user_factory(spec: str) -> Callable[[SwarmConfig], object]:
     return target
 
 
-def load_task(config: SwarmConfig) -> Task:
-    """Build the task named by ``config.task``; any failure is a :class:`TaskError`."""
+def load_task(config: SwarmConfig, data: Sequence[Path | str] = ()) -> Task:
+    """Build the task named by ``config.task``; any failure is a :class:`TaskError`.
+
+    ``data``: this peer's text files for an ``hf:`` task (``--data``); other tasks bring
+    their own data and take none.
+    """
     spec = config.task
+    if spec.startswith(HF_PREFIX):
+        from .hf import make_hf_task
+
+        return make_hf_task(config, data)
+    if data:
+        raise TaskError(f"--data is for hf: tasks; task {spec!r} brings its own data")
+    if config.train.lora_rank:
+        raise TaskError(f"--lora is for hf: tasks; task {spec!r} trains all of its parameters")
     builtin = BUILTIN_TASKS.get(spec)
     if builtin is not None:
         return builtin(config)

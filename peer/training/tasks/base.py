@@ -27,7 +27,13 @@ class Task(ABC):
 
     @abstractmethod
     def build_model(self) -> nn.Module:
-        """The initial model; bit-identical on every machine for the same config seed."""
+        """The initial model; bit-identical on every machine for the same config seed.
+
+        Its trainable parameters are the swarm's state (trained, sent, merged, checksummed);
+        parameters it freezes (``requires_grad=False``, e.g. a LoRA base) stay local, so a
+        task that freezes some must make the initial trainable ones depend on them (the
+        genesis pins only the state's checksum).
+        """
 
     @abstractmethod
     def train_batches(self, stream_seed: int) -> Iterator[Batch]:
