@@ -186,6 +186,9 @@ class PeerMetrics(Metrics):
         """One round played to the end. ``contributions``: what this peer's history records
         for the round (None when it holds no record of it, e.g. it downloaded the version):
         then only the counts are known and rejections go under "unrecorded"."""
+        # Before the counter: a scrape that sees the round counted sees the round it led to
+        # (the heartbeat sets the same value a moment later).
+        self.round.set(summary.round + 1)
         self.rounds.inc()
         if math.isfinite(train_loss):
             self.train_loss.set(train_loss)

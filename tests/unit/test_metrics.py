@@ -114,6 +114,9 @@ def test_rounds_count_updates_by_outcome_and_reason_category() -> None:
     assert value(metrics, "swarmtrain_updates_total", outcome="rejected", reason="unrecorded") == 1
     assert value(metrics, "swarmtrain_heldout_loss") == 3.0
     assert value(metrics, "swarmtrain_train_loss") == 4.5  # a round without steps keeps the last one
+    # The round it led to, set with the counter: a scrape between the round's end and the
+    # next heartbeat once saw rounds_total 1 and round 0.
+    assert value(metrics, "swarmtrain_round") == 6
 
 
 class _Store:
