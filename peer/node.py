@@ -82,6 +82,7 @@ class NodeOptions:
     # (for scripts and compose files that start the next peers from it).
     address_file: Path | None = None
     device: str = "auto"               # where the inner steps run (see trainer.resolve_device)
+    inner_optim: str = "adamw"         # --inner-optim: adamw, or adamw8bit (bitsandbytes; a quarter of the state)
     # The digest of the genesis to join (what `join` prints as "genesis ..."): with it, no
     # other candidate, a back-dated one included, can capture this peer.
     genesis_digest: str | None = None
@@ -117,7 +118,7 @@ class Node:
             seed = int.from_bytes(self.identity.peer_id.encode()[-6:], "big")
             self.contributor = Contributor(self.config, stream_seed=seed, fault=options.fault)
             self.trainer = LocalTrainer(self.task, self.config.train, stream_seed=seed,
-                                        device=resolve_device(options.device))
+                                        device=resolve_device(options.device), inner_optim=options.inner_optim)
             self._load_local_state()
             self.checker = Checker(self.task, self.config, heldout_seed=seed + 1)
             self.context = RoundContext(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 from swarmtrain.peer.app import configfile
 from swarmtrain.peer.config import AVERAGE, DENSE, PRESETS, ConfigError, OuterConfig, SwarmConfig, preset
 from swarmtrain.peer.training.faults import FAULT_MODES, FaultError
+from swarmtrain.peer.training.trainer import INNER_OPTIMIZERS
 from swarmtrain.peer.training.tasks.base import TaskError
 
 def _runtime_errors() -> tuple[type[BaseException], ...]:
@@ -274,7 +275,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         new_swarm_config=insisted or swarm_config_from_args(args, default_preset="demo"),
         start_delay=args.start_delay,
         address_file=Path(args.address_file) if args.address_file else None,
-        device=args.device, genesis_digest=args.genesis, trust_states=args.trust_state, nat=_nat_options(args), data=data,
+        device=args.device, inner_optim=args.inner_optim, genesis_digest=args.genesis, trust_states=args.trust_state, nat=_nat_options(args), data=data,
         announce=output.announce, metrics=_start_metrics(args, PeerMetrics()),
     )
     try:
@@ -437,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "gone), download the newest version from the peers that publish it and take it on "
                            "their word (by default a peer adopts only versions it recomputed itself)")
     _add_device_option(join)
+    join.add_argument("--inner-optim", choices=INNER_OPTIMIZERS, default="adamw",
+                      help="the local inner optimizer: adamw (fp32 moments), or adamw8bit (bitsandbytes' 8-bit "
+                           "AdamW: about a quarter of the optimizer memory, so a bigger model fits; a per-peer "
+                           "choice, the swarm's updates and merges are the same)")
     _add_metrics_option(join)
     _add_nat_options(join)
     _add_swarm_options(join)

@@ -72,6 +72,6 @@ class ErrorFeedback:
         except LocalStateError as error:
             raise FeedbackStateError(str(error)) from error
         for name, tensor in state.items():
-            if name not in shapes or tensor.shape != shapes[name]:
+            if name not in shapes or tensor.shape != shapes[name] or not tensor.is_floating_point():
                 raise FeedbackStateError(f"saved error feedback for {name!r} does not fit the model")
         self.load_state(state)

@@ -27,12 +27,16 @@ def tensors_to_bytes(tensors: Mapping[str, Tensor]) -> bytes:
 
 
 def tensors_from_bytes(data: bytes, what: str) -> dict[str, Tensor]:
-    """Named float tensors from :func:`tensors_to_bytes` output; all values finite."""
+    """Named tensors from :func:`tensors_to_bytes` output: floats all finite, or integers
+    (8-bit optimizer moments are uint8 codes, their step an int64)."""
     try:
         tensors = load_tensors(data)
     except (SafetensorError, ValueError) as error:
         raise LocalStateError(f"saved {what} is unreadable: {error}") from error
     for name, tensor in tensors.items():
-        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
-            raise LocalStateError(f"saved {what} for {name!r} is not finite floats")
+        if tensor.is_floating_point():
+            if not bool(torch.isfinite(tensor).all()):
+                raise LocalStateError(f"saved {what} for {name!r} holds values that are not finite")
+        elif tensor.dtype not in (torch.uint8, torch.int64):
+            raise LocalStateError(f"saved {what} for {name!r} is {tensor.dtype}, not floats or integer codes")
     return tensors

@@ -31,6 +31,14 @@ class OptimizerStateError(LocalStateError):
 
 # AdamW's per-parameter state, as torch keeps it (step is a 0-d float tensor).
 _ADAM_KEYS = ("step", "exp_avg", "exp_avg_sq")
+# bitsandbytes' 8-bit AdamW: two moments (uint8 with block-wise absmax scales and a
+# quantile map each; fp32 for tensors under its 4096-element threshold) and an int step.
+_ADAM8_KEYS = ("step", "state1", "state2", "qmap1", "qmap2", "absmax1", "absmax2")
+_ADAM8_REQUIRED = ("step", "state1", "state2")
+
+# --inner-optim: the inner loop's optimizer, a per-peer choice (it never leaves the peer:
+# updates are parameter differences, whatever made them).
+INNER_OPTIMIZERS = ("adamw", "adamw8bit")
 
 
 class DeviceError(ValueError):
@@ -145,18 +153,30 @@ def _batch_size(batch: Batch) -> int:
     return int(batch[0].shape[0]) if batch and batch[0].dim() > 0 else 1
 
 
+def _make_optimizer(kind: str, groups: list[dict[str, object]], config: TrainConfig) -> torch.optim.Optimizer:
+    if kind == "adamw8bit":
+        # Imported only here: bitsandbytes loads native code and is needed by no other path.
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+
+
 class LocalTrainer:
     """This peer's model copy, its AdamW inner optimizer and its training stream."""
 
     def __init__(self, task: Task, config: TrainConfig, *, stream_seed: int,
-                 model: nn.Module | None = None, device: torch.device | str = "cpu") -> None:
+                 model: nn.Module | None = None, device: torch.device | str = "cpu",
+                 inner_optim: str = "adamw") -> None:
+        if inner_optim not in INNER_OPTIMIZERS:
+            raise ValueError(f"inner optimizer must be one of {INNER_OPTIMIZERS}, got {inner_optim!r}")
         self.task = task
         self.config = config
         self.device = torch.device(device)
         self.model = (task.build_model() if model is None else model).to(self.device)
         self.model.train()
-        self.optimizer = torch.optim.AdamW(
-            self._param_groups(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+        self.inner_optim = inner_optim
+        self.optimizer = _make_optimizer(inner_optim, self._param_groups(), config)
         self._batches: Iterator[Batch] = task.train_batches(stream_seed)
 
     def _param_groups(self) -> list[dict[str, object]]:
@@ -187,13 +207,20 @@ class LocalTrainer:
         """Detached fp32 clones of the current parameters (see :func:`model_params`)."""
         return model_params(self.model)
 
+    def optimizer_state_bytes(self) -> int:
+        """Bytes the inner optimizer's state holds (what ``--inner-optim adamw8bit`` shrinks)."""
+        return sum(v.numel() * v.element_size() for s in self.optimizer.state.values()
+                   for v in s.values() if isinstance(v, torch.Tensor))
+
     def optimizer_bytes(self) -> bytes:
-        """AdamW's moments and step counts as ``"<key>/<param name>"`` safetensors bytes."""
+        """The inner optimizer's state as ``"<key>/<param name>"`` safetensors bytes."""
+        keys = _ADAM8_KEYS if self.inner_optim == "adamw8bit" else _ADAM_KEYS
         state: dict[str, torch.Tensor] = {}
         for name, p in self.model.named_parameters():
             for key, value in self.optimizer.state.get(p, {}).items():
-                if key in _ADAM_KEYS:
-                    state[f"{key}/{name}"] = value.detach().cpu()
+                if key in keys:
+                    tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=torch.int64)
+                    state[f"{key}/{name}"] = tensor.detach().cpu().clone()  # 8-bit qmaps are shared
         return tensors_to_bytes(state)
 
     def load_optimizer_bytes(self, data: bytes) -> None:
@@ -202,6 +229,9 @@ class LocalTrainer:
             saved = tensors_from_bytes(data, "inner-optimizer state")
         except LocalStateError as error:
             raise OptimizerStateError(str(error)) from error
+        if self.inner_optim == "adamw8bit":
+            self._load_adam8(saved)
+            return
         params = dict(self.model.named_parameters())
         restored: dict[torch.nn.Parameter, dict[str, torch.Tensor]] = {}
         for entry, value in saved.items():
@@ -216,6 +246,28 @@ class LocalTrainer:
             where = torch.device("cpu") if key == "step" else self.device
             restored.setdefault(params[name], {})[key] = value.to(device=where, dtype=torch.float32, copy=True)
         incomplete = [n for n, p in params.items() if p in restored and len(restored[p]) != len(_ADAM_KEYS)]
+        if incomplete:
+            raise OptimizerStateError(f"saved inner-optimizer state is incomplete for {incomplete[:3]}")
+        for p, state in restored.items():
+            self.optimizer.state[p] = state
+
+    def _load_adam8(self, saved: Mapping[str, torch.Tensor]) -> None:
+        # Shapes follow bitsandbytes' blocking, not the parameter's; the parameter's size and
+        # the keys present are what can be checked. A state saved by the other optimizer
+        # fails here, and the peer starts the inner optimizer afresh.
+        params = dict(self.model.named_parameters())
+        restored: dict[torch.nn.Parameter, dict[str, object]] = {}
+        for entry, value in saved.items():
+            key, _, name = entry.partition("/")
+            if key not in _ADAM8_KEYS or name not in params:
+                raise OptimizerStateError(f"saved inner-optimizer state has {entry!r}, which this model's "
+                                          "8-bit AdamW lacks (saved by --inner-optim adamw?)")
+            if key in ("state1", "state2") and value.numel() != params[name].numel():
+                raise OptimizerStateError(f"saved inner-optimizer state {entry!r} has {value.numel()} values, "
+                                          f"the model needs {params[name].numel()}")
+            restored.setdefault(params[name], {})[key] = (
+                int(value.item()) if key == "step" else value.to(device=self.device, copy=True))
+        incomplete = [n for n, p in params.items() if p in restored and any(k not in restored[p] for k in _ADAM8_REQUIRED)]
         if incomplete:
             raise OptimizerStateError(f"saved inner-optimizer state is incomplete for {incomplete[:3]}")
         for p, state in restored.items():

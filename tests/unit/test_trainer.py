@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from swarmtrain.peer.config import ModelConfig, SwarmConfig, TrainConfig
+from swarmtrain.peer.config import ModelConfig, SwarmConfig, TrainConfig, preset
 from swarmtrain.peer.training.tasks import Batch, Task, TaskError, load_task
 from swarmtrain.peer.training.tasks.synthetic import Synthetic
 from swarmtrain.peer.training.localstate import tensors_from_bytes, tensors_to_bytes
@@ -288,3 +288,26 @@ def test_training_on_the_gpu_hands_back_cpu_params_and_portable_optimizer_state(
     heldout = gpu.task.heldout_batches(4, seed=0)
     assert evaluate_loss(gpu.task, gpu.task.build_model(), heldout, params=trained) < \
         evaluate_loss(gpu.task, gpu.task.build_model(), heldout, params=start)
+
+
+def test_eight_bit_inner_adamw_trains_in_a_quarter_of_the_memory_and_restores() -> None:
+    """--inner-optim adamw8bit: bitsandbytes' 8-bit AdamW runs on this CPU; its moments
+    are uint8 codes with block scales, and a restart restores them exactly."""
+    from swarmtrain.peer.training.tasks import load_task
+    from swarmtrain.peer.training.trainer import LocalTrainer, OptimizerStateError
+    config = preset("smoke")
+    task = load_task(config)
+    full = LocalTrainer(task, config.train, stream_seed=0)
+    eight = LocalTrainer(task, config.train, stream_seed=0, inner_optim="adamw8bit")
+    first = eight.run(1).mean_loss
+    full.run(15)
+    report = eight.run(15)
+    assert report.steps == 15 and report.mean_loss < first
+    assert eight.optimizer_state_bytes() * 3 < full.optimizer_state_bytes()
+    restarted = LocalTrainer(task, config.train, stream_seed=0, inner_optim="adamw8bit")
+    restarted.load_optimizer_bytes(eight.optimizer_bytes())
+    assert restarted.optimizer_bytes() == eight.optimizer_bytes()
+    with pytest.raises(OptimizerStateError, match="8-bit AdamW lacks"):
+        restarted.load_optimizer_bytes(full.optimizer_bytes())
+    with pytest.raises(OptimizerStateError):
+        full.load_optimizer_bytes(eight.optimizer_bytes())
