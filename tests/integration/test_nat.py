@@ -130,32 +130,33 @@ def test_the_topology_hides_each_home_behind_its_nat(nat_net: NatNet) -> None:
         behind.close()
 
 
+ROUNDS = 3  # the issue's target: the NATed peers and the public one agree for 3 rounds
 ACCEPTED = re.compile(r"^round (\d+): version \w+ accepted (\d+), rejected (\d+)", re.MULTILINE)
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(170)
 def test_two_nated_peers_train_with_a_public_relay_and_agree(tmp_path: Path, nat_net: NatNet) -> None:
     net = nat_net.net
     swarm = Swarm(tmp_path, "itest-nat")
     try:
-        swarm.start("public", *SMOKE, "--rounds", "2", "--host", "0.0.0.0", "--port", str(PORT),
+        swarm.start("public", *SMOKE, "--rounds", str(ROUNDS), "--host", "0.0.0.0", "--port", str(PORT),
                     "--start-delay", "15", "--relay", prefix=net.prefix(nat_net.public))
         relay = swarm.peers["public"].address()
         assert relay.startswith(f"/ip4/{PUBLIC_IP}/tcp/{PORT}/p2p/"), relay
         for i, home in enumerate(nat_net.homes, start=1):
-            swarm.start(f"home{i}", *SMOKE, "--rounds", "2", "--host", "0.0.0.0", "--port", str(PORT),
+            swarm.start(f"home{i}", *SMOKE, "--rounds", str(ROUNDS), "--host", "0.0.0.0", "--port", str(PORT),
                         "--initial-peers", relay, "--auto-relay", prefix=net.prefix(home))
         for label in ("home1", "home2"):  # what others dial: the relayed address, not the private one
             assert swarm.peers[label].address().startswith(f"{relay}/p2p-circuit/p2p/"), swarm.peers[label].address()
-        swarm.wait("public", "home1", "home2", timeout=110)
+        swarm.wait("public", "home1", "home2", timeout=125)
     finally:
         swarm.stop_all()
     logs = {label: swarm.peers[label].log_text() for label in ("public", "home1", "home2")}
     finals = {label: versions_by_round(log) for label, log in logs.items()}
-    assert sorted(finals["public"]) == ["0", "1"], finals
+    assert sorted(finals["public"]) == [str(r) for r in range(ROUNDS)], finals
     assert finals["home1"] == finals["public"] == finals["home2"], finals
     counts = {label: ACCEPTED.findall(log) for label, log in logs.items()}
-    if all(found == [("0", "3", "0"), ("1", "3", "0")] for found in counts.values()):
+    if all(found == [(str(r), "3", "0") for r in range(ROUNDS)] for found in counts.values()):
         return  # each peer fetched both others' updates every round: home to home through the relay
     # p2pd races two relay services (README "Peers behind NAT"): when the one with
     # libp2p's default limits wins, a relayed connection is reset after 128 KiB, so the
