@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from report import emit
 
 from swarmtrain.peer.config import CodecConfig, OuterConfig, SwarmConfig, preset
 from swarmtrain.peer.round.simulate import RoundReport, Simulation
@@ -116,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cores": os.cpu_count()},
         "all_honest": baseline, "rows": rows,
     }
-    text = json.dumps(doc, indent=1)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    emit(doc, args.out)
     return 0
 
 

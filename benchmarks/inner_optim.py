@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from report import emit
 
 from swarmtrain.peer.config import SwarmConfig, preset
 from swarmtrain.peer.training.tasks import load_task
@@ -88,10 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"benchmark": "inner_optim", "command": "python benchmarks/inner_optim.py", "steps": STEPS,
            "machine": {"python": platform.python_version(), "torch": torch.__version__, "device": "cpu"},
            "rows": rows}
-    text = json.dumps(doc, indent=1)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    emit(doc, args.out)
     return 0
 
 

@@ -24,6 +24,7 @@ from rich.text import Text
 
 from swarmtrain.dht import CommitRecord, ResultRecord, SwarmRecords, VoteRecord, load_or_create_identity, start_dht
 from swarmtrain.peer.round.clock import Phase, PhaseClock
+from swarmtrain.peer.round.recompute import claims
 from swarmtrain.peer.round.vote import common_rejection
 from swarmtrain.peer.config import RoundTiming, SwarmConfig
 
@@ -97,10 +98,10 @@ def round_status(round_index: int, commits: Mapping[str, CommitRecord], votes: M
     """Pure: a round's outcome from its records. The accepted set is what most peers'
     results say they merged; a rejection's reason is the voters' most common one."""
     authors = {c.digest: peer for peer, c in commits.items()}
-    if not results:
+    found = claims(round_index, results)
+    if not found:
         return RoundStatus(round=round_index, committed=len(commits), accepted=None, rejected=(), version=None)
-    by_version = Counter((r.version_id, tuple(sorted(r.accepted))) for r in results.values())
-    (version, accepted), _ = min(by_version.items(), key=lambda kv: (-kv[1], kv[0]))
+    version, accepted = found[0].version, {d.hex() for d in found[0].accepted}
     reasons = {voter: {d: v.reason for d, v in ballot.votes.items() if not v.accept and v.reason}
                for voter, ballot in votes.items()}
     common = common_rejection(reasons, {d: tuple(votes) for d in authors})

@@ -26,7 +26,7 @@ from swarmtrain.peer.round.check import Submission, colluding_verdicts
 from swarmtrain.peer.round.clock import Phase
 from swarmtrain.peer.round.context import RoundContext, max_update_bytes
 from swarmtrain.peer.round.decision import RoundDecision, admit, checker_table, decide, round_weight
-from swarmtrain.peer.round.recompute import ballots_of, commitments_of, contributions_of, next_state, standing_of
+from swarmtrain.peer.round.recompute import ballots_of, commitments_of, keep_version, next_state, standing_of
 from swarmtrain.peer.round.state import ModelState
 from swarmtrain.peer.round.sync import StateSync
 from swarmtrain.peer.round.vote import Verdict
@@ -171,10 +171,8 @@ class RoundEngine:
             ctx.announce(f"round {r}: update {digest.hex()[:12]} of {decision.authors[digest][:12]} was "
                          f"accepted by its checkers but {why}")
         new.validation_loss = ctx.checker.loss(new.params)
-        new.save(ctx.store, new.commit_for(parent=state.version, produced_in=r,
-                                           contributions=contributions_of(decision, commits, outcome, my_verdicts)))
-        for digest in accepted:
-            self.payloads.keep(r, digest, payloads[digest])  # type: ignore[arg-type]
+        keep_version(ctx.store, self.payloads, r, state.version, new, decision, commits, outcome,
+                     payloads, my_verdicts)  # type: ignore[arg-type]
         self.sync.serve(new)
         ctx.records.publish_result(r, ResultRecord(
             peer_id=ctx.peer_id, version_id=new.version.hex(), state_checksum=new.checksum.hex(),

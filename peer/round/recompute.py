@@ -15,7 +15,6 @@ The decision part is pure (:func:`claims`, :func:`commit_views`, :func:`matching
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -145,6 +144,17 @@ def contributions_of(decision: RoundDecision, commits: Mapping[str, CommitRecord
     )
 
 
+def keep_version(store: VersionStore, kept: Payloads, r: int, parent: bytes, new: ModelState,
+                 decision: RoundDecision, commits: Mapping[str, CommitRecord], outcome: RoundMerge,
+                 payloads: Mapping[bytes, bytes], my_verdicts: Mapping[bytes, Verdict]) -> None:
+    """Save a merged V(r+1) with its history entry, and keep (and serve) the payloads it
+    accepted, so others can recompute it from this peer (its own merge and a recomputed one alike)."""
+    new.save(store, new.commit_for(parent=parent, produced_in=r,
+                                   contributions=contributions_of(decision, commits, outcome, my_verdicts)))
+    for digest in decision.accepted:
+        kept.keep(r, digest, payloads[digest])
+
+
 class Recomputer:
     """Re-derives a claimed version from a parent this peer holds."""
 
@@ -184,8 +194,5 @@ class Recomputer:
                     f"{new.checksum.hex()[:12]}, not the published {claim.version[:12]}/{claim.checksum[:12]}")
         if measure_loss:
             new.validation_loss = ctx.checker.loss(new.params)
-        new.save(ctx.store, new.commit_for(parent=parent.version, produced_in=r,
-                                           contributions=contributions_of(decision, commits, outcome, {})))
-        for digest in decision.accepted:
-            self.payloads.keep(r, digest, payloads[digest])
+        keep_version(ctx.store, self.payloads, r, parent.version, new, decision, commits, outcome, payloads, {})
         return new

@@ -23,7 +23,7 @@ import sys
 
 from collections.abc import Mapping
 
-from swarmtrain.dht import CommitRecord, ResultRecord
+from swarmtrain.dht import CommitRecord
 from swarmtrain.peer.exchange.errors import FetchError
 from swarmtrain.peer.exchange.ring import ServedRing
 from swarmtrain.peer.round.clock import Phase
@@ -168,8 +168,7 @@ class StateSync:
                 return f"round {k}: {why}"
         if replayed is None or not target.names(replayed):
             return "the replayed rounds do not end on it"
-        replayed = load_version(ctx.store, replayed.version.hex(), state.outer, next_round=until + 1)
-        self.serve(replayed)
+        self.serve(replayed)  # already saved by the recomputation, as the state of round until + 1
         ctx.announce(f"caught up: replayed to version {replayed.version.hex()[:12]} (round {until}), "
                      "same id and checksum as published")
         return replayed
