@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from swarmtrain.peer.round.engine import RoundSummary
     from swarmtrain.peer.store.commit import Contribution
     from swarmtrain.peer.store.versions import VersionStore
+    from swarmtrain.peer.training.worker import WorkerStats
 
 __all__ = ["BootstrapMetrics", "Metrics", "MetricsPortError", "PeerMetrics", "REASON_CATEGORIES", "reason_category",
            "recorded_contributions"]
@@ -182,13 +183,20 @@ class PeerMetrics(Metrics):
         advance(self.fetch_failures, fetch_failures)
 
     def round_done(self, summary: RoundSummary, *, train_loss: float,
-                   contributions: Iterable[Contribution] | None) -> None:
+                   contributions: Iterable[Contribution] | None,
+                   throughput: WorkerStats | None = None) -> None:
         """One round played to the end. ``contributions``: what this peer's history records
         for the round (None when it holds no record of it, e.g. it downloaded the version):
-        then only the counts are known and rejections go under "unrecorded"."""
+        then only the counts are known and rejections go under "unrecorded". ``throughput``:
+        the training worker's counters now."""
         # Before the counter: a scrape that sees the round counted sees the round it led to
-        # (the heartbeat sets the same value a moment later).
+        # and the training behind it (the heartbeat sets the same values a moment later; a
+        # scrape in between once saw rounds_total 1 with round 0, and later utilisation 0
+        # from the heartbeat sent before the first step).
         self.round.set(summary.round + 1)
+        if throughput is not None:
+            self.utilisation.set(min(1.0, throughput.utilisation))
+            self.samples_per_second.set(throughput.samples_per_second)
         self.rounds.inc()
         if math.isfinite(train_loss):
             self.train_loss.set(train_loss)

@@ -323,7 +323,8 @@ class Node:
                 self._adopt(result.state)
                 summaries.append(result.summary)
                 self.options.metrics.round_done(result.summary, train_loss=update.train_loss,
-                                                contributions=recorded_contributions(self.context.store, result.summary))
+                                                contributions=recorded_contributions(self.context.store, result.summary),
+                                                throughput=self.worker.stats())
                 self._save_local_state()
                 self.options.announce(result.summary.line())
                 self.heartbeat(role="training")

@@ -21,6 +21,7 @@ from swarmtrain.peer.metrics import (REASON_CATEGORIES, BootstrapMetrics, PeerMe
 from swarmtrain.peer.round.engine import RoundSummary
 from swarmtrain.peer.store.commit import Contribution
 from swarmtrain.peer.store.versions import StoreError
+from swarmtrain.peer.training.worker import WorkerStats
 
 PEER = "QmSA2vCtVHmpNqkWxrDRRPPqhpzQecwo4sTWERDmhxGve4"
 
@@ -105,7 +106,8 @@ def test_rounds_count_updates_by_outcome_and_reason_category() -> None:
     recorded = [contribution(True, "accepted"), contribution(True, "accepted"),
                 contribution(False, "checkers: held-out loss rose by 0.2"), contribution(False, "digest mismatch")]
     metrics.round_done(summary(4), train_loss=4.5, contributions=recorded)
-    metrics.round_done(summary(5, validation_loss=3.0), train_loss=math.nan, contributions=None)
+    metrics.round_done(summary(5, validation_loss=3.0), train_loss=math.nan, contributions=None,
+                       throughput=WorkerStats(steps=90, samples=1440, busy_seconds=18.0, wall_seconds=20.0))
 
     assert value(metrics, "swarmtrain_rounds_total") == 2
     assert value(metrics, "swarmtrain_updates_total", outcome="accepted", reason="accepted") == 2 + 2
@@ -117,6 +119,9 @@ def test_rounds_count_updates_by_outcome_and_reason_category() -> None:
     # The round it led to, set with the counter: a scrape between the round's end and the
     # next heartbeat once saw rounds_total 1 and round 0.
     assert value(metrics, "swarmtrain_round") == 6
+    # The training behind it too: a scrape before the next heartbeat once saw utilisation 0.
+    assert value(metrics, "swarmtrain_utilisation") == 0.9
+    assert value(metrics, "swarmtrain_samples_per_second") == 72.0
 
 
 class _Store:
