@@ -10,6 +10,7 @@ Typical use (a peer)::
     dht.shutdown()
 """
 
+from swarmtrain.dht.allowlist import AllowListError, load_allowed_peers
 from swarmtrain.dht.bootstrap import (
     BootstrapError,
     ClockSkewError,
@@ -47,6 +48,7 @@ from swarmtrain.dht.validator import InvalidRecordError, SwarmRecordValidator, s
 __all__ = [
     "MAX_DIGESTS_PER_RECORD",
     "REASON_CHARS",
+    "AllowListError",
     "BootstrapError",
     "ClockSkewError",
     "CommitRecord",
@@ -79,5 +81,6 @@ __all__ = [
     "swarm_validators",
     "validate_swarm_name",
     "is_loopback_host",
+    "load_allowed_peers",
     "visible_maddrs",
 ]

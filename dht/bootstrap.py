@@ -79,13 +79,15 @@ def start_dht(
     first_round: int = 0,
     start_timeout: float = DEFAULT_START_TIMEOUT_S,
     nat: NatOptions | None = None,
+    allowed_peers: frozenset[str] | None = None,
 ) -> hivemind.DHT:
     """Start a DHT node that validates ``swarm``'s records and signs with ``identity``.
 
     ``initial_peers`` empty starts a new DHT (print :func:`visible_maddrs` for others to
     join). ``first_round`` centres the validator's round window for a late joiner (records.py
     moves it as rounds go by). ``nat`` sets relaying, hole punching and announced addresses
-    (see dht/nat.py; its client_mode or ``client_mode`` makes a client node). Raises a
+    (see dht/nat.py; its client_mode or ``client_mode`` makes a client node).
+    ``allowed_peers`` makes the swarm private (allowlist.py). Raises a
     :class:`BootstrapError` subclass on a bad start.
     """
     validate_swarm_name(swarm)
@@ -102,7 +104,7 @@ def start_dht(
         start=False,
         identity_path=str(identity.path),
         host_maddrs=[listen],
-        record_validators=swarm_validators(identity, swarm, round_window(first_round)),
+        record_validators=swarm_validators(identity, swarm, round_window(first_round), allowed_peers),
         **nat_kwargs,
     )
     try:

@@ -94,10 +94,12 @@ class SwarmRecords:
         *,
         ttls: RecordTTLs = RecordTTLs(),
         timeout: float = 30.0,
+        allowed: frozenset[str] | None = None,
     ) -> None:
         self._dht = dht
         self._identity = identity
         self._swarm = validate_swarm_name(swarm)
+        self._allowed = allowed  # a private swarm's members (allowlist.py); None: anyone
         self._ttls = ttls
         self._timeout = timeout
         self._invalid_records = 0
@@ -217,7 +219,7 @@ class SwarmRecords:
         if round_ in self._window and round_ + _WINDOW_MARGIN < self._window.stop:
             return
         window = round_window(round_)
-        self._dht.add_validators([SwarmRecordValidator(self._swarm, window)])
+        self._dht.add_validators([SwarmRecordValidator(self._swarm, window, self._allowed)])
         self._window = window
 
     def _publish(self, key: str, rec: SwarmRecord, ttl: float) -> bool:
@@ -249,6 +251,10 @@ class SwarmRecords:
             try:
                 owner, rec = parse_entry(family, subkey, item.value, swarm=self._swarm)
             except InvalidRecordError:
+                self._invalid_records += 1
+                continue
+            if self._allowed is not None and owner not in self._allowed:
+                # The DHT process refuses these already; a second look costs nothing.
                 self._invalid_records += 1
                 continue
             out[owner] = cast(RecordT, rec)  # parse_entry chose the model from ``family``

@@ -14,12 +14,15 @@ For our keys it refuses, on store and on every read from another node:
 - a subkey that is not exactly one ``[owner:ssh-rsa ...]`` marker (bytes), so an identity
   owns at most one entry per key;
 - a value that does not decode, fails the family's schema, or names a peer id other than
-  the one derived from the marker (owner.py): nobody can speak for another peer.
+  the one derived from the marker (owner.py): nobody can speak for another peer;
+- in a private swarm (``allowed``, allowlist.py), an entry owned by an identity off the
+  list: strangers can neither write nor have their writes relayed by a member.
 
 Round window: the table covers rounds ``[r - ROUNDS_BEHIND, r + ROUNDS_AHEAD)`` around the
 rounds a peer touches; records.py moves it forward with ``DHT.add_validators``, which hands
 a new instance to the DHT process, where :meth:`merge_with` folds it into the live one. The
-pickled instance carries only the swarm name and the ranges, never the table.
+pickled instance carries only the swarm name, the ranges and the allow-list, never the
+table.
 """
 
 from __future__ import annotations
@@ -108,12 +111,14 @@ def round_window(round_: int) -> range:
 class SwarmRecordValidator(RecordValidatorBase):
     """Validates the records of one swarm; see the module docstring for the rules."""
 
-    def __init__(self, swarm: str, rounds: range = range(0, ROUNDS_AHEAD)) -> None:
-        self._setup(swarm)
+    def __init__(self, swarm: str, rounds: range = range(0, ROUNDS_AHEAD),
+                 allowed: frozenset[str] | None = None) -> None:
+        self._setup(swarm, allowed)
         self._cover(rounds)
 
-    def _setup(self, swarm: str) -> None:
+    def _setup(self, swarm: str, allowed: frozenset[str] | None) -> None:
         self._swarm = validate_swarm_name(swarm)
+        self._allowed = allowed
         self._rounds: set[int] = set()
         self._table: dict[bytes, KeyFamily] = {}
         for family in STATIC_FAMILIES:
@@ -173,7 +178,9 @@ class SwarmRecordValidator(RecordValidatorBase):
             value = msgpack.unpackb(record.value, raw=False)
         except (ValueError, TypeError, msgpack.UnpackException) as error:
             raise InvalidRecordError(f"entry does not decode: {error}") from error
-        parse_entry(family, subkey, value, swarm=self._swarm)
+        owner, _ = parse_entry(family, subkey, value, swarm=self._swarm)
+        if self._allowed is not None and owner not in self._allowed:
+            raise InvalidRecordError(f"{family.name} entry owned by {owner}, who is not on this private swarm's list")
 
     # Below RSASignatureValidator (10): validation runs in decreasing priority, so we see
     # values whose signature has been checked and stripped.
@@ -186,19 +193,25 @@ class SwarmRecordValidator(RecordValidatorBase):
         """Fold another validator of the same swarm into this one (how the window moves)."""
         if not isinstance(other, SwarmRecordValidator) or other._swarm != self._swarm:
             return False
+        if other._allowed != self._allowed:
+            # A window move always carries the node's own list; another list is a bug of
+            # the caller, and silently keeping either would open or close the swarm.
+            raise ValueError("a validator with another allow-list cannot be merged into this one")
         self._cover(sorted(other._rounds))
         return True
 
     def __getstate__(self) -> dict[str, object]:
         # The table is ~150 B per key; rebuild it on the other side so the pickle sent to
         # the DHT process stays far below the ~16 KiB that crashes it.
-        return {"swarm": self._swarm, "ranges": _as_ranges(self._rounds)}
+        allowed = None if self._allowed is None else sorted(self._allowed)
+        return {"swarm": self._swarm, "ranges": _as_ranges(self._rounds), "allowed": allowed}
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        swarm, ranges = state["swarm"], state["ranges"]
-        if not isinstance(swarm, str) or not isinstance(ranges, list):
-            raise TypeError("SwarmRecordValidator state must be {'swarm': str, 'ranges': list[range]}")
-        self._setup(swarm)
+        swarm, ranges, allowed = state["swarm"], state["ranges"], state.get("allowed")
+        if not isinstance(swarm, str) or not isinstance(ranges, list) or not isinstance(allowed, (list, type(None))):
+            raise TypeError("SwarmRecordValidator state must be {'swarm': str, 'ranges': list[range], "
+                            "'allowed': list[str] | None}")
+        self._setup(swarm, None if allowed is None else frozenset(allowed))
         for covered in ranges:
             self._cover(covered)
 
@@ -214,11 +227,12 @@ def _as_ranges(rounds: set[int]) -> list[range]:
 
 
 def swarm_validators(
-    identity: Identity, swarm: str, rounds: range = range(0, ROUNDS_AHEAD)
+    identity: Identity, swarm: str, rounds: range = range(0, ROUNDS_AHEAD), allowed: frozenset[str] | None = None
 ) -> list[RecordValidatorBase]:
-    """The validators a swarmtrain DHT node runs: signatures first, then our families.
+    """The validators a swarmtrain DHT node runs: signatures first, then our families
+    (``allowed``: a private swarm's members, see allowlist.py).
 
     SwarmRecordValidator alone would accept unsigned entries under any marker; it is only
     safe together with the RSA validator, so always build them here.
     """
-    return [RSASignatureValidator(identity.private_key), SwarmRecordValidator(swarm, rounds)]
+    return [RSASignatureValidator(identity.private_key), SwarmRecordValidator(swarm, rounds, allowed)]

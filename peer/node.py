@@ -23,7 +23,7 @@ from swarmtrain.dht.nat import NatOptions
 from swarmtrain.peer.metrics import PeerMetrics, recorded_contributions
 from swarmtrain.dht.schemas import LOSS_TREND_LEN
 from swarmtrain.peer.config import SwarmConfig
-from swarmtrain.peer.exchange.service import Exchange
+from swarmtrain.peer.exchange.service import Exchange, ExchangeConfig
 from swarmtrain.peer.round.check import Checker
 from swarmtrain.peer.round.clock import Clock, Phase, PhaseClock, SystemClock
 from swarmtrain.peer.round.context import RoundContext
@@ -89,6 +89,8 @@ class NodeOptions:
     trust_states: bool = False         # --trust-state: take a state that cannot be replayed on its holders' word
     data: tuple[Path, ...] = ()        # this peer's text files for an hf: task (--data)
     nat: NatOptions = field(default_factory=NatOptions)  # relays, hole punching, announced addresses
+    # --allow-peers: a private swarm's members (records and blobs of nobody else); None: open
+    allowed_peers: frozenset[str] | None = None
     metrics: PeerMetrics = field(default_factory=PeerMetrics)  # served by the caller when --metrics-port is given
     announce: Callable[[str], None] = print
     clock: Clock = field(default_factory=SystemClock)
@@ -99,16 +101,21 @@ class Node:
         self.options = options
         self.data_dir = options.data_dir.expanduser().resolve()
         self.identity = load_or_create_identity(self.data_dir)
+        allowed = options.allowed_peers
+        if allowed is not None and self.identity.peer_id not in allowed:
+            raise JoinError(f"this peer ({self.identity.peer_id}) is not on the --allow-peers list: add its id "
+                            "to the file on every member, or it will refuse its own records")
         self.dht = start_dht(initial_peers=list(options.initial_peers), identity=self.identity,
-                             swarm=options.swarm, host=options.host, port=options.port, nat=options.nat)
+                             swarm=options.swarm, host=options.host, port=options.port, nat=options.nat,
+                             allowed_peers=allowed)
         self.exchange: Exchange | None = None
         self.store: VersionStore | None = None
         self.resumed = False  # this data dir held a version beyond the genesis
         try:
-            self.records = SwarmRecords(self.dht, self.identity, options.swarm)
+            self.records = SwarmRecords(self.dht, self.identity, options.swarm, allowed=allowed)
             # A peer listening beyond loopback is for other machines: their addresses first.
             self.addresses = visible_maddrs(self.dht, loopback=is_loopback_host(options.host))
-            self.exchange = Exchange.start(self.dht)
+            self.exchange = Exchange.start(self.dht, ExchangeConfig(allowed_peers=allowed))
             self.genesis = self._establish_genesis()
             self.config = check_genesis(self.genesis, insisted=self.options.config)  # hf: this machine's path
             self.phases = PhaseClock(self.genesis.genesis_time, self.config.timing)
@@ -124,7 +131,7 @@ class Node:
             self.context = RoundContext(
                 peer_id=self.identity.peer_id, config=self.config, records=self.records, exchange=self.exchange,
                 store=self.store, clock=options.clock, phases=self.phases, checker=self.checker,
-                announce=options.announce)
+                founder=self.genesis.creator, announce=options.announce)
             self.sync = StateSync(self.context, trust_states=self.options.trust_states)
             self.sync.serve(self.state)
             self.engine = RoundEngine(self.context, self.sync, fault=options.fault)

@@ -49,6 +49,7 @@ class BootstrapOptions:
     port: int = 0
     nat: NatOptions = field(default_factory=NatOptions)  # its announce: the addresses others dial
     address_file: Path | None = None
+    allowed_peers: frozenset[str] | None = None  # --allow-peers: a private swarm's members
     metrics: BootstrapMetrics = field(default_factory=BootstrapMetrics)
     say: Callable[[str], None] = print
 
@@ -107,10 +108,11 @@ class BootstrapNode:
         self.options = options
         self.identity = load_or_create_identity(options.data_dir)
         self.dht = start_dht(initial_peers=list(options.initial_peers), identity=self.identity,
-                             swarm=options.swarm, host=options.host, port=options.port, nat=options.nat)
+                             swarm=options.swarm, host=options.host, port=options.port, nat=options.nat,
+                             allowed_peers=options.allowed_peers)
         try:
             self.dht.run_coroutine(_count_refusals)
-            self.records = SwarmRecords(self.dht, self.identity, options.swarm)
+            self.records = SwarmRecords(self.dht, self.identity, options.swarm, allowed=options.allowed_peers)
             # Announced addresses are what others dial; otherwise, as for a peer, a node
             # listening beyond loopback lists those addresses first.
             loopback = is_loopback_host(options.host) and not options.nat.announce

@@ -222,6 +222,23 @@ def _start_metrics(args: argparse.Namespace, metrics: MetricsT) -> MetricsT:
     return metrics
 
 
+def _add_allow_peers_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-peers", default=None, metavar="FILE",
+                        help="a private swarm: FILE lists its members' peer ids, one a line (`swarmtrain id` "
+                             "prints yours); records of anyone else are refused and nobody else is served blobs")
+
+
+def _allowed_peers(args: argparse.Namespace) -> frozenset[str] | None:
+    from swarmtrain.dht import AllowListError, load_allowed_peers
+
+    if args.allow_peers is None:
+        return None
+    try:
+        return load_allowed_peers(Path(args.allow_peers))
+    except AllowListError as error:
+        raise UsageError(str(error)) from error
+
+
 def _digest(text: str) -> str:
     if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
         raise argparse.ArgumentTypeError(f"a genesis digest is 64 lowercase hex characters, got {text!r}")
@@ -275,7 +292,8 @@ def cmd_join(args: argparse.Namespace) -> int:
         new_swarm_config=insisted or swarm_config_from_args(args, default_preset="demo"),
         start_delay=args.start_delay,
         address_file=Path(args.address_file) if args.address_file else None,
-        device=args.device, inner_optim=args.inner_optim, genesis_digest=args.genesis, trust_states=args.trust_state, nat=_nat_options(args), data=data,
+        device=args.device, inner_optim=args.inner_optim, genesis_digest=args.genesis, trust_states=args.trust_state,
+        nat=_nat_options(args), data=data, allowed_peers=_allowed_peers(args),
         announce=output.announce, metrics=_start_metrics(args, PeerMetrics()),
     )
     try:
@@ -301,12 +319,23 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         swarm=args.swarm, data_dir=Path(args.data_dir or f"swarm-data/{args.swarm}-bootstrap"),
         initial_peers=tuple(args.initial_peers or ()), host=args.host, port=args.port, nat=_nat_options(args),
         address_file=Path(args.address_file) if args.address_file else None,
+        allowed_peers=_allowed_peers(args),
         say=lambda line: print(line, flush=True), metrics=_start_metrics(args, BootstrapMetrics()),
     )
     try:
         return run_bootstrap(options)
     finally:
         options.metrics.close()
+
+
+def cmd_id(args: argparse.Namespace) -> int:
+    from swarmtrain.dht import load_or_create_identity
+
+    # The same identity file `join` uses: created here when the data dir has none, so a
+    # private swarm's members can collect their ids before anyone joins.
+    identity = load_or_create_identity(Path(args.data_dir or f"swarm-data/{args.swarm}").expanduser())
+    print(identity.peer_id)
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -443,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "AdamW: about a quarter of the optimizer memory, so a bigger model fits; a per-peer "
                            "choice, the swarm's updates and merges are the same)")
     _add_metrics_option(join)
+    _add_allow_peers_option(join)
     _add_nat_options(join)
     _add_swarm_options(join)
     _add_data_option(join)
@@ -461,8 +491,15 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--address-file", default=None, metavar="PATH",
                       help="write the addresses peers join with to PATH, one per line, once ready")
     _add_metrics_option(boot)
+    _add_allow_peers_option(boot)
     _add_nat_options(boot)  # its --announce: the address others dial, e.g. /ip4/PUBLIC_IP/tcp/31337
     boot.set_defaults(func=cmd_bootstrap)
+
+    id_cmd = sub.add_parser("id", help="print this peer's id (for a private swarm's --allow-peers file), "
+                            "creating its identity in the data dir if there is none")
+    id_cmd.add_argument("--swarm", default="demo", help="swarm name, for the default data dir (default: demo)")
+    id_cmd.add_argument("--data-dir", default=None, help="the peer's data dir (default: swarm-data/SWARM)")
+    id_cmd.set_defaults(func=cmd_id)
 
     demo = sub.add_parser("demo", help="a local swarm of N peer processes on 127.0.0.1, shown live")
     demo.add_argument("--peers", type=_positive_int, default=3)

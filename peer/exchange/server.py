@@ -153,6 +153,7 @@ class ServerStats:
     requests_refused: int = 0  # error frames sent (not found, bad request, busy, ...)
     streams_dropped: int = 0  # client went away or stopped reading mid-response
     streams_shed: int = 0  # closed unread: the peer (or everyone) had too many streams open
+    streams_unlisted: int = 0  # closed unread: a private swarm's server and a peer off its list
 
 
 class BlobServer:
@@ -169,6 +170,7 @@ class BlobServer:
         max_concurrent_streams: int = 32,
         max_streams_per_peer: int = 4,
         max_open_streams: int = 256,
+        allowed_peers: frozenset[str] | None = None,
     ) -> None:
         self.store = store
         self.protocol = protocol
@@ -178,6 +180,7 @@ class BlobServer:
         self.max_concurrent_streams = max_concurrent_streams
         self.max_streams_per_peer = max_streams_per_peer
         self.max_open_streams = max_open_streams
+        self.allowed_peers = allowed_peers  # a private swarm serves its members only
         self.stats = ServerStats()
         self._active = 0
         self._open = 0
@@ -206,6 +209,7 @@ class BlobServer:
     async def _handle(self, info: StreamInfo, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Limits, cheapest first, so that idle streams cost their opener and nobody else:
 
+        - in a private swarm, a peer off ``allowed_peers`` has every stream closed unread;
         - a peer with ``max_streams_per_peer`` streams open (or a server with
           ``max_open_streams``) has further streams closed unread: honest peers fetch one
           or two blobs from a peer at a time, and an idle flood must not hold tasks;
@@ -215,6 +219,10 @@ class BlobServer:
           the client retries after a pause.
         """
         peer = info.peer_id.to_base58()
+        if self.allowed_peers is not None and peer not in self.allowed_peers:
+            self.stats.streams_unlisted += 1
+            close_quietly(writer)
+            return
         if self._open_by_peer.get(peer, 0) >= self.max_streams_per_peer or self._open >= self.max_open_streams:
             self.stats.streams_shed += 1
             close_quietly(writer)

@@ -73,6 +73,7 @@ class ExchangeConfig:
     send_timeout: float = 30.0  # a client must accept each frame within this
     max_concurrent_streams: int = 32  # more get a "busy" error frame
     max_streams_per_peer: int = 4     # a peer's further streams are closed unread
+    allowed_peers: frozenset[str] | None = None  # a private swarm's members; None: serve anyone
     # uvloop runs hivemind's P2P in a thread without trouble. Measured on loopback (64 MiB,
     # 2 shared cores) it is no faster than asyncio, 200-300 MiB/s both: the p2pd hops
     # bound throughput, not the loop. It is the default because the design names uvloop as the event loop;
@@ -138,6 +139,7 @@ class Exchange:
             send_timeout=config.send_timeout,
             max_concurrent_streams=config.max_concurrent_streams,
             max_streams_per_peer=config.max_streams_per_peer,
+            allowed_peers=config.allowed_peers,
         )
         try:
             p2p = loop.run(P2P.replicate(maddr), config.start_timeout)

@@ -72,6 +72,7 @@ class RoundContext:
     clock: Clock
     phases: PhaseClock
     checker: Checker
+    founder: str | None = None  # the genesis' creator: the one peer with standing in round 0
     announce: Callable[[str], None] = print
 
 

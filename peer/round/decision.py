@@ -127,8 +127,8 @@ def admit(round_index: int, commitments: Mapping[str, Commitment], *, standing: 
     return Admission({a: commitments[a] for a in sorted(kept[:cap])}, refused)
 
 
-# Committers with standing needed before the checks are theirs alone (with one, its own
-# update would go unchecked).
+# Committers with standing needed before every check is theirs (with one, its own update
+# would go unchecked; see checker_table for that case).
 MIN_STANDING_CHECKERS = 2
 
 
@@ -148,26 +148,35 @@ def passes(count: Tally, author_has_standing: bool) -> bool:
 
 
 def checker_candidates(commitments: Mapping[str, Commitment], standing: Collection[str]) -> list[str]:
-    """Who may check this round's updates: the admitted committers with standing (their
-    update was merged into the parent version), when there are at least
-    :data:`MIN_STANDING_CHECKERS` of them; otherwise every admitted committer (a new
-    swarm, or one whose last round merged almost nothing).
-
-    A new identity costs one key, so identities alone must not buy checks: before this,
-    2H fake commitments drew every check of every honest update. Standing costs an
-    update that other peers with standing judged useful; it lasts while the peer keeps
-    being merged, and is lost for a round when it is not.
-    """
-    with_standing = sorted(a for a in commitments if a in standing)
-    return with_standing if len(with_standing) >= MIN_STANDING_CHECKERS else sorted(commitments)
+    """The admitted committers with standing (their update was merged into the parent
+    version, or they founded the swarm), sorted."""
+    return sorted(a for a in commitments if a in standing)
 
 
 def checker_table(round_index: int, commitments: Mapping[str, Commitment], k: int,
                   standing: Collection[str] = ()) -> dict[bytes, tuple[str, ...]]:
-    """Who checks which admitted update of the round (see :func:`checker_candidates`)."""
+    """Who checks which admitted update of the round.
+
+    - At least :data:`MIN_STANDING_CHECKERS` committers with standing: they alone are
+      drawn. A new identity costs one key, so identities alone must not buy checks:
+      before this, 2H fake commitments drew every check of every honest update. Standing
+      costs an update that peers with standing judged useful; it lasts while the peer
+      keeps being merged.
+    - Exactly one (a new swarm's founder in round 0, or the only peer merged last
+      round): it checks every other update alone, and its own is drawn from everyone
+      else. Before, a new swarm's round 0 drew from every committer, and a colluding
+      majority present from the start voted itself in and kept standing for good.
+    - None: every committer is drawn (a swarm whose founder left before round 0).
+    """
     authors = {c.digest: author for author, c in commitments.items()}
-    candidates = checker_candidates(commitments, standing)
-    return {d: tuple(who) for d, who in assignments(round_index, authors, candidates, k).items()}
+    with_standing = checker_candidates(commitments, standing)
+    if len(with_standing) >= MIN_STANDING_CHECKERS:
+        return {d: tuple(who) for d, who in assignments(round_index, authors, with_standing, k).items()}
+    everyone = {d: tuple(who) for d, who in assignments(round_index, authors, sorted(commitments), k).items()}
+    if not with_standing:
+        return everyone
+    (lone,) = with_standing
+    return {d: everyone[d] if author == lone else (lone,) for d, author in authors.items()}
 
 
 def decide(

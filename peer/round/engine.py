@@ -111,8 +111,8 @@ class RoundEngine:
         return self._commits[r]
 
     def standing(self, state: ModelState) -> frozenset[str]:
-        """Authors whose updates were merged into ``state`` (from its commit in the store)."""
-        return standing_of(self.ctx.store, state.version)
+        """Who has standing in the round after ``state`` (see :func:`standing_of`)."""
+        return standing_of(self.ctx.store, state.version, self.ctx.founder)
 
     def check_and_vote(self, r: int, state: ModelState, update: LocalUpdate) -> dict[bytes, Verdict]:
         """After the commit deadline: fetch what this peer must check, check it, vote."""

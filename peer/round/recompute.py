@@ -103,12 +103,16 @@ def matching_decision(round_: int, parent: bytes, claim: Claim, views: list[dict
     return None
 
 
-def standing_of(store: VersionStore, version: bytes) -> frozenset[str]:
-    """Authors whose updates were merged into ``version`` (from its commit in the store)."""
+def standing_of(store: VersionStore, version: bytes, founder: str | None = None) -> frozenset[str]:
+    """Who has standing in the round after ``version``: the authors whose updates were
+    merged into it (from its commit in the store), or for the genesis its ``founder``
+    (the genesis' creator), so a new swarm's round 0 is not checked by whoever shows up."""
     try:
         commit = store.commit(version.hex())
     except StoreError:
         return frozenset()
+    if commit.is_genesis:
+        return frozenset() if founder is None else frozenset({founder})
     return frozenset(c.peer_id for c in commit.contributions if c.accepted)
 
 
@@ -174,7 +178,7 @@ class Recomputer:
         ballots = ballots_of(ctx.records.votes(r))
         views = commit_views(frozen, ctx.records.commits(r), ballots)
         found = matching_decision(r, parent.version, claim, views, ballots, config=ctx.config,
-                                  standing=standing_of(ctx.store, parent.version))
+                                  standing=standing_of(ctx.store, parent.version, ctx.founder))
         if found is None:
             return (f"its {len(claim.accepted)} accepted update(s) do not follow from version "
                     f"{parent_version.hex()[:12]} and the signed commitments and ballots of round {r}")

@@ -120,7 +120,9 @@ class Simulation:
             ))
         self.round = 0
         self._seen: set[bytes] = set()
-        self._standing: frozenset[str] = frozenset()  # authors merged into the current version
+        # Who has standing: the first peer founded the swarm (the genesis' creator), then
+        # the authors merged into the current version (standing_of on the networked path).
+        self._standing: frozenset[str] = frozenset({self.peers[0].name}) if self.peers else frozenset()
 
     def validation_loss(self) -> float:
         return evaluate_loss(self.task, self._eval_model, self._validation, params=self.params)

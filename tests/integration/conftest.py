@@ -109,18 +109,20 @@ def swarm_node(tmp_path: Path, node_tracker: _NodeTracker) -> Callable[..., Swar
         swarm: str = DEFAULT_SWARM,
         data_dir: Path | None = None,
         client_mode: bool = False,
+        allowed: frozenset[str] | None = None,
     ) -> SwarmNode:
         directory = data_dir if data_dir is not None else tmp_path / name
         identity = load_or_create_identity(directory)
         dht = node_tracker.track(
-            start_dht(initial_peers=list(initial_peers), identity=identity, swarm=swarm, client_mode=client_mode)
+            start_dht(initial_peers=list(initial_peers), identity=identity, swarm=swarm, client_mode=client_mode,
+                      allowed_peers=allowed)
         )
         return SwarmNode(
             name=name,
             data_dir=directory,
             identity=identity,
             dht=dht,
-            records=SwarmRecords(dht, identity, swarm),
+            records=SwarmRecords(dht, identity, swarm, allowed=allowed),
             maddrs=visible_maddrs(dht),
         )
 

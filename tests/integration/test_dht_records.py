@@ -80,6 +80,26 @@ def test_entry_under_another_peers_subkey_is_refused(
         assert reader.records.invalid_records == 0
 
 
+def test_a_private_swarm_refuses_the_records_of_strangers(
+    swarm_node: Callable, wait_until: Callable, tmp_path: Path
+) -> None:
+    """--allow-peers: a stranger running swarmtrain's own validators (signed, well-formed
+    records) can neither store its commitment on a member nor have it read back."""
+    members = frozenset(load_or_create_identity(tmp_path / name).peer_id for name in ("a", "b"))
+    a = swarm_node("a", allowed=members)
+    b = swarm_node("b", initial_peers=a.maddrs, allowed=members)
+    stranger = swarm_node("c", initial_peers=a.maddrs)
+    genuine = sample_commit(b.peer_id)
+    b.records.publish_commit(3, genuine)
+    stranger.records.publish_commit(3, sample_commit(stranger.peer_id, digest=hex_digest("uninvited")))
+    wait_until(lambda: a.records.commits(3) == {b.peer_id: genuine}, what="the member's commit")
+    wait_until(lambda: stranger.peer_id in stranger.records.commits(3), what="the stranger's own copy")
+    time.sleep(0.5)  # give the stranger's record time to spread, were it let in
+    for reader in (a, b):
+        assert reader.records.commits(3) == {b.peer_id: genuine}
+        assert reader.records.invalid_records == 0  # refused inside the DHT, not skipped by the reader
+
+
 async def _own_marker(dht: hivemind.DHT, node: hivemind.DHTNode) -> bytes:
     """The owner marker of the node's RSA validator (run inside the DHT process)."""
     for validator in node.protocol.record_validator._validators:

@@ -312,6 +312,26 @@ def test_idle_streams_cost_their_opener_and_nobody_else(dhts: tuple[DHT, DHT],
         a.submit(server.stop()).result(10)
 
 
+def test_a_private_swarms_server_serves_its_members_only(exchanges: tuple[Exchange, Exchange]) -> None:
+    """--allow-peers: a peer off the list gets no blob, not even an error frame."""
+    a, b = exchanges
+    data, digest = make_blob(10, seed=9)
+    store = BlobStore(max_bytes=MiB, max_entries=4)
+    store.put("update", digest, data)
+    members = BlobServer(store, protocol="test.private.b", allowed_peers=frozenset({b.peer_id}))
+    others = BlobServer(store, protocol="test.private.a", allowed_peers=frozenset({a.peer_id}))
+    for server in (members, others):
+        a.submit(server.start(a.p2p)).result(10)
+    try:
+        assert fetch_raw(b, a, digest, "test.private.b") == data
+        with pytest.raises(PeerUnavailable):
+            fetch_raw(b, a, digest, "test.private.a", timeout=3.0)
+        assert others.stats.streams_unlisted == 1 and others.stats.blobs_served == 0
+    finally:
+        for server in (members, others):
+            a.submit(server.stop()).result(10)
+
+
 # --- hostile servers -----------------------------------------------------------------
 
 

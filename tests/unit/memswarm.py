@@ -142,14 +142,17 @@ def fake_peer_id(name: str) -> str:
 
 
 def memory_swarm(tmp: Path, config: SwarmConfig, names: list[str], *, faults: dict[str, str] | None = None,
-                 genesis_time: float = 1000.0) -> tuple[list[MemoryPeer], ManualClock, MemoryTable]:
-    """Peers named ``names`` on one clock, shared records and blobs, all at the genesis."""
+                 genesis_time: float = 1000.0, founder: str | None = "first",
+                 ) -> tuple[list[MemoryPeer], ManualClock, MemoryTable]:
+    """Peers named ``names`` on one clock, shared records and blobs, all at the genesis,
+    which the first of them created (``founder``: "first", another name, or None)."""
     task: Task = load_task(config)
     clock = ManualClock(genesis_time)
     phases = PhaseClock(genesis_time, config.timing)
     table = MemoryTable()
     blobs: dict[tuple[str, str, str], object] = {}
     peers = []
+    founder_id = fake_peer_id(names[0] if founder == "first" else founder) if founder else None
     for i, name in enumerate(names):
         peer_id = fake_peer_id(name)
         store = VersionStore(tmp / name)
@@ -158,7 +161,8 @@ def memory_swarm(tmp: Path, config: SwarmConfig, names: list[str], *, faults: di
         lines: list[str] = []
         ctx = RoundContext(peer_id=peer_id, config=config, records=MemoryRecords(table, peer_id),
                            exchange=MemoryExchange(blobs, peer_id), store=store, clock=clock, phases=phases,
-                           checker=Checker(task, config, heldout_seed=100 + i), announce=lines.append)
+                           checker=Checker(task, config, heldout_seed=100 + i), founder=founder_id,
+                           announce=lines.append)
         sync = StateSync(ctx)
         sync.serve(state)
         trainer = LocalTrainer(task, config.train, stream_seed=i)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from swarmtrain.peer.round.decision import MAX_COMMITS, Commitment, Vote, admit, checker_table, decide
 from swarmtrain.protocol import version_id
 
@@ -107,13 +109,51 @@ def test_a_flood_of_commitments_is_capped_and_peers_with_standing_come_first() -
 
 
 def test_checks_go_to_committers_with_standing_once_there_are_two() -> None:
-    from swarmtrain.peer.round.decision import checker_candidates
     commits = {p: Commitment(p, bytes([i]) * 32, 8) for i, p in enumerate("abcdef")}
-    assert checker_candidates(commits, standing={"a", "b"}) == ["a", "b"]
-    assert checker_candidates(commits, standing={"a"}) == sorted(commits)  # one alone would check itself
-    assert checker_candidates(commits, standing={"a", "z"}) == sorted(commits)  # z did not commit
+    table = checker_table(0, commits, 2, standing={"a", "b"})
+    assert {p for who in table.values() for p in who} == {"a", "b"}
+    # "z" has standing but did not commit: nobody with standing checks, so everyone does.
+    everyone = checker_table(0, commits, 2, standing={"z"})
+    assert everyone == checker_table(0, commits, 2) and len({p for w in everyone.values() for p in w}) > 2
 
 
+def test_a_lone_peer_with_standing_checks_the_rest_and_everyone_else_checks_it() -> None:
+    commits = {p: Commitment(p, bytes([i]) * 32, 8) for i, p in enumerate("abcdef")}
+    table = checker_table(0, commits, 2, standing={"a"})
+    for digest, who in table.items():
+        if digest == commits["a"].digest:
+            assert len(who) == 2 and "a" not in who
+        else:
+            assert who == ("a",)
+
+
+def test_a_founder_stops_a_colluding_majority_present_from_round_0() -> None:
+    """4 colluders accept each other and reject the 3 honest peers. Drawn from every
+    committer they used to carry round 0 (and keep standing from then on); with the
+    founder's standing, round 0's checks of the others are the founder's."""
+    honest, sybils = ["h1", "h2", "h3"], ["s1", "s2", "s3", "s4"]
+    commits = {p: Commitment(p, hashlib.blake2b(p.encode(), digest_size=32).digest(), 8) for p in honest + sybils}
+
+    def ballots(standing: set[str]) -> dict[str, dict[bytes, Vote]]:
+        table = checker_table(0, commits, 2, standing)
+        out: dict[str, dict[bytes, Vote]] = {}
+        for digest, who in table.items():
+            author = next(a for a, c in commits.items() if c.digest == digest)
+            for voter in who:
+                fellow = (voter in sybils) == (author in sybils)
+                out.setdefault(voter, {})[digest] = Vote(fellow)
+        return out
+
+    def accepted(standing: set[str]) -> set[str]:
+        decision = decide(0, b"\0" * 32, commits, ballots(standing), checkers_per_update=2, max_samples=8,
+                          standing=standing)
+        return {decision.authors[d] for d in decision.accepted}
+
+    without = accepted(set())  # the capture, without a founder
+    assert without and without <= set(sybils)
+    with_founder = accepted({"h1"})
+    # The founder's own update is drawn from everyone else: the colluders may veto it.
+    assert {"h2", "h3"} <= with_founder <= set(honest)
 def test_a_tie_goes_to_an_author_with_standing_and_never_without_an_accept() -> None:
     from swarmtrain.peer.round.decision import passes
     from swarmtrain.peer.round.vote import Tally

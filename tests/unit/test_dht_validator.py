@@ -202,3 +202,31 @@ def test_validator_alone_fails_closed_on_signed_values(alice: Identity) -> None:
     # Without the RSA validator in front, a signed value does not decode: fail closed.
     record = signed(alice, peers_key(SWARM), wire(sample_peer(alice.peer_id)))
     assert not SwarmRecordValidator(SWARM).validate(record)
+
+
+def test_a_private_swarm_refuses_every_record_of_an_identity_off_its_list(alice: Identity,
+                                                                        mallory: Identity) -> None:
+    members = frozenset({alice.peer_id})
+    private = CompositeValidator(swarm_validators(alice, SWARM, allowed=members))
+    for key, build in ((peers_key(SWARM), sample_peer), (commits_key(SWARM, 3), sample_commit),
+                       (votes_key(SWARM, 3), sample_votes), (result_key(SWARM, 3), sample_result)):
+        assert private.validate(signed(alice, key, wire(build(alice.peer_id))))
+        assert not private.validate(signed(mallory, key, wire(build(mallory.peer_id))))
+    # Not even by endorsing a genesis, nor on another application's keys' behalf.
+    assert not private.validate(signed(mallory, genesis_key(SWARM), wire(sample_genesis(alice.peer_id))))
+    assert private.validate(DHTRecord(key_id("someone/else"), DHTProtocol.IS_REGULAR_VALUE,
+                                      MSGPackSerializer.dumps("x"), EXPIRATION))
+
+
+def test_the_allow_list_survives_the_pickle_and_window_moves() -> None:
+    members = frozenset(f"Qm{'a' * 44}{i}" for i in range(10))
+    validator = SwarmRecordValidator(SWARM, round_window(0), members)
+    restored = pickle.loads(pickle.dumps(validator))
+    assert restored._allowed == members
+    assert restored.merge_with(SwarmRecordValidator(SWARM, round_window(900), members))
+    with pytest.raises(ValueError, match="allow-list"):
+        restored.merge_with(SwarmRecordValidator(SWARM, round_window(900)))  # an open one: a caller's bug
+    # The largest list still pickles far below the ~16 KiB a DHT call may carry.
+    from swarmtrain.dht.allowlist import MAX_ALLOWED_PEERS
+    biggest = frozenset(f"Qm{i:044d}" for i in range(MAX_ALLOWED_PEERS))
+    assert len(pickle.dumps(SwarmRecordValidator(SWARM, round_window(700), biggest))) < 12_000

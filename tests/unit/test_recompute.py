@@ -173,3 +173,32 @@ def test_fake_identities_without_standing_draw_no_checks(tmp_path: Path) -> None
     honest = {p.ctx.peer_id for p in peers}
     assert sum(open_draw.authors[d] in honest for d in open_draw.accepted) < 3
     assert standing_of(peers[0].ctx.store, peers[0].state.version) == frozenset(honest)
+
+
+def test_a_colluding_majority_present_from_round_0_meets_the_founder(tmp_path: Path) -> None:
+    """4 colluding identities commit in a new swarm's round 0 and vote for each other
+    and against everyone else. Drawn from every committer, they used to carry the round
+    and keep standing for good; the genesis' creator now checks round 0 alone."""
+    from swarmtrain.peer.round.recompute import standing_of
+    peers, clock, table = memory_swarm(tmp_path, CONFIG, ["a", "b", "c"])
+    genesis = peers[0].state.version
+    sybils = [fake_peer_id(f"sybil{i}") for i in range(4)]
+    for i, s in enumerate(sybils):
+        table.rows.setdefault(("commits", 0), {})[s] = CommitRecord(
+            peer_id=s, digest=f"{i + 1:02x}" * 32, size=100, samples=10_000, base_version=genesis.hex(),
+            train_loss=0.1)
+
+    def sybils_vote() -> None:
+        commits = table.rows[("commits", 0)]
+        for s in sybils:
+            table.rows.setdefault(("votes", 0), {})[s] = VoteRecord(voter=s, votes={
+                c.digest: Verdict(accept=author in sybils, loss_delta=-1.0, reason="" if author in sybils else "no")
+                for author, c in commits.items() if author != s})
+
+    assert standing_of(peers[1].ctx.store, genesis, peers[0].ctx.peer_id) == {peers[0].ctx.peer_id}
+    _lockstep_round(peers, clock, 0, before=20, after=0, after_votes=sybils_vote)
+    history = peers[0].ctx.store.commit(peers[0].state.version.hex())
+    merged = {c.peer_id for c in history.accepted}
+    assert not merged & set(sybils)
+    assert {peers[1].ctx.peer_id, peers[2].ctx.peer_id} <= merged
+    assert len({(p.state.version, p.state.checksum) for p in peers}) == 1

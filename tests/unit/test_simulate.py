@@ -107,9 +107,13 @@ def test_four_colluders_joining_three_honest_peers_change_nothing() -> None:
     assert attacked[-1].validation_loss <= honest[-1].validation_loss * 1.02
 
 
-def test_colluders_present_from_a_new_swarms_first_round_capture_it() -> None:
-    """What standing does not stop (README, "not yet defended"): in round 0 nobody has
-    standing, every committer checks, and a colluding majority votes itself in."""
-    attacked = Simulation(_synthetic(), peers=7, fault="collude", faulty=4).run(2)
-    first = attacked[0].outcomes
-    assert any(o.accepted for o in first if o.peer in {"peer3", "peer4", "peer5", "peer6"})
+def test_colluders_present_from_a_new_swarms_first_round_meet_its_founder() -> None:
+    """In round 0 nobody had standing, every committer checked, and a colluding majority
+    voted itself in (and kept standing for good). The founder (peer0, the genesis'
+    creator) now checks round 0's other updates alone."""
+    attacked = Simulation(_synthetic(), peers=7, fault="collude", faulty=4).run(3)
+    colluders = {"peer3", "peer4", "peer5", "peer6"}
+    for report in attacked:
+        assert not any(o.accepted for o in report.outcomes if o.peer in colluders)
+    assert {o.peer for o in attacked[0].outcomes if o.accepted} >= {"peer1", "peer2"}
+    assert all(o.accepted for o in attacked[-1].outcomes if o.peer not in colluders)
