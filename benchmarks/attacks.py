@@ -8,7 +8,9 @@ the same rounds as 3 honest peers alone, with the same seeds. Per row:
 - ``loss_ratio``: the attacked swarm's final held-out loss / the all-honest swarm's
   (the issue's bar: within 2 %, i.e. <= 1.02);
 - ``honest_accepted``: the share of honest updates merged (bar: >= 95 %);
-- ``attacker_accepted``: attacker updates merged.
+- ``attacker_accepted``: attacker updates merged;
+- ``attacker_cooled_off`` / ``honest_cooled_off``: updates its checkers rejected unread,
+  the author having 3 offences (as each checker saw them) in the last 8 rounds.
 
 Attackers join at round 1 (``attack_from``), after the honest peers have earned standing,
 except in the "from the first round" row, which shows what standing cannot stop.
@@ -76,6 +78,11 @@ def run(cfg: SwarmConfig, rounds: int, attack: Attack | None) -> dict[str, objec
         "final_loss": round(reports[-1].validation_loss, 5),
         "honest_accepted": _count(reports, lambda peer: peer in honest),
         "attacker_accepted": _count(reports, lambda peer: peer not in honest),
+        # Attacker updates the checkers rejected unread: its author was cooling off.
+        "attacker_cooled_off": sum(o.reason.startswith("cooling off") for r in reports for o in r.outcomes
+                                   if o.peer not in honest),
+        "honest_cooled_off": sum(o.reason.startswith("cooling off") for r in reports for o in r.outcomes
+                                 if o.peer in honest),
         "seconds": round(time.monotonic() - started, 1),
     }
 

@@ -182,6 +182,9 @@ class CommitRecord(SwarmRecord):
     samples: Annotated[int, Field(ge=1, le=2**53)]
     base_version: Hex64
     train_loss: FiniteFloat
+    # The proof of work on the author's identity (protocol/work.py), for a swarm whose
+    # genesis prices identities; 0 (and absent, from older peers) where it does not.
+    work: Annotated[int, Field(ge=0, lt=2**64)] = 0
 
 
 class Verdict(BaseModel):

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from swarmtrain.protocol.work import MAX_IDENTITY_BITS
+
 
 class ConfigError(ValueError):
     """A setting is out of range; the message names the setting and the allowed range."""
@@ -146,6 +148,9 @@ class VoteConfig:
     max_norm_ratio: float = 4.0
     min_norm_ratio: float = 0.1
     checkers_per_update: int = 3
+    # The price of an identity: its commitments are admitted only with a nonce whose hash
+    # over the genesis digest starts with this many zero bits (0: free identities).
+    identity_bits: int = 0
 
     def __post_init__(self) -> None:
         _check(self.heldout_batches >= 1, f"vote.heldout_batches must be >= 1, got {self.heldout_batches}")
@@ -154,6 +159,8 @@ class VoteConfig:
         _check(0 <= self.min_norm_ratio < 1, f"vote.min_norm_ratio must be in [0, 1), got {self.min_norm_ratio}")
         _check(self.checkers_per_update >= 1,
                f"vote.checkers_per_update must be >= 1, got {self.checkers_per_update}")
+        _check(0 <= self.identity_bits <= MAX_IDENTITY_BITS,
+               f"vote.identity_bits must be in 0..{MAX_IDENTITY_BITS}, got {self.identity_bits}")
 
 
 @dataclass(frozen=True, kw_only=True)

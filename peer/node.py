@@ -39,6 +39,7 @@ from swarmtrain.peer.training.progress import ProgressTracker, carries_progress
 from swarmtrain.peer.training.tasks import BUILTIN_TASKS, HF_PREFIX, load_task
 from swarmtrain.peer.training.trainer import LocalTrainer, resolve_device
 from swarmtrain.peer.training.worker import TrainingWorker
+from swarmtrain.protocol.work import IdentityWork
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +129,11 @@ class Node:
                                         device=resolve_device(options.device), inner_optim=options.inner_optim)
             self._load_local_state()
             self.checker = Checker(self.task, self.config, heldout_seed=seed + 1)
+            work, nonce = self._identity_work()
             self.context = RoundContext(
                 peer_id=self.identity.peer_id, config=self.config, records=self.records, exchange=self.exchange,
                 store=self.store, clock=options.clock, phases=self.phases, checker=self.checker,
-                founder=self.genesis.creator, announce=options.announce)
+                founder=self.genesis.creator, work=work, work_nonce=nonce, announce=options.announce)
             self.sync = StateSync(self.context, trust_states=self.options.trust_states)
             self.sync.serve(self.state)
             self.engine = RoundEngine(self.context, self.sync, fault=options.fault)
@@ -142,6 +144,18 @@ class Node:
             raise
 
     # --- start-up --------------------------------------------------------------------
+
+    def _identity_work(self) -> tuple[IdentityWork | None, int]:
+        """The swarm's price of an identity, and this peer's proof of it (found once per
+        start: about 2^bits hashes, a second at 20 bits)."""
+        bits = self.config.vote.identity_bits
+        if not bits:
+            return None, 0
+        work = IdentityWork(bytes.fromhex(self.genesis.digest()), bits)
+        started = time.monotonic()
+        nonce = work.solve(self.identity.peer_id)
+        self.options.announce(f"proof of work on this identity ({bits} bits): {time.monotonic() - started:.1f} s")
+        return work, nonce
 
     def _establish_genesis(self) -> GenesisRecord:
         """Join the existing genesis, or propose ours when the swarm has none."""

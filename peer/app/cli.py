@@ -79,6 +79,9 @@ def _add_swarm_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="seed of the initial model and data")
     parser.add_argument("--lora", type=_positive_int, default=None, metavar="RANK",
                         help="hf: tasks: freeze the base model, train and merge only LoRA adapters of this rank")
+    parser.add_argument("--identity-bits", type=int, default=None, metavar="N",
+                        help="price an identity at about 2^N hashes: commitments are admitted only with a proof "
+                             "of work on the author's id over the genesis digest (0: free identities, the default)")
 
 
 def _add_data_option(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +115,8 @@ def swarm_config_from_args(args: argparse.Namespace, default_preset: str) -> Swa
         config = config.replace(train=dataclasses.replace(config.train, lora_rank=args.lora))
     if args.inner_steps is not None:
         config = config.replace(train=dataclasses.replace(config.train, inner_steps=args.inner_steps))
+    if args.identity_bits is not None:
+        config = config.replace(vote=dataclasses.replace(config.vote, identity_bits=args.identity_bits))
     if args.uncompressed:
         config = config.replace(codec=dataclasses.replace(DENSE, chunk=config.codec.chunk), outer=AVERAGE)
     if args.density is not None or args.bits is not None:
@@ -157,7 +162,7 @@ def _report_dict(report: "RoundReport") -> dict[str, object]:
     return data
 
 
-_SWARM_FLAGS = ("task", "preset", "density", "bits", "inner_steps", "seed", "lora")
+_SWARM_FLAGS = ("task", "preset", "density", "bits", "inner_steps", "seed", "lora", "identity_bits")
 
 
 def _add_device_option(parser: argparse.ArgumentParser) -> None:

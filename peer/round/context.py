@@ -23,6 +23,7 @@ from swarmtrain.peer.round.check import Checker
 from swarmtrain.peer.round.clock import Clock, PhaseClock
 from swarmtrain.peer.store.versions import VersionStore
 from swarmtrain.protocol.codec import max_payload_bytes
+from swarmtrain.protocol.work import IdentityWork
 
 
 class RoundRecords(Protocol):
@@ -73,6 +74,8 @@ class RoundContext:
     phases: PhaseClock
     checker: Checker
     founder: str | None = None  # the genesis' creator: the one peer with standing in round 0
+    work: IdentityWork | None = None  # the swarm's price of an identity (None: identities are free)
+    work_nonce: int = 0  # this peer's proof of that work, sent with each commitment
     announce: Callable[[str], None] = print
 
 

@@ -17,6 +17,7 @@ from swarmtrain.dht import MAX_DIGESTS_PER_RECORD
 from swarmtrain.peer.round.assignment import assignments
 from swarmtrain.peer.round.vote import Tally, Verdict, common_rejection, tally
 from swarmtrain.protocol import version_id
+from swarmtrain.protocol.work import IdentityWork
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Commitment:
     author: str
     digest: bytes
     samples: int
+    work: int = 0  # the nonce proving the work on the author's identity (see admit)
 
 
 @dataclass(frozen=True)
@@ -103,9 +105,11 @@ class Admission:
 
 
 def admit(round_index: int, commitments: Mapping[str, Commitment], *, standing: Collection[str] = (),
-          cap: int = MAX_COMMITS) -> Admission:
+          cap: int = MAX_COMMITS, work: IdentityWork | None = None) -> Admission:
     """Which of the round's commitments are checked and may be merged.
 
+    In a swarm that prices identities (``work``), a commitment whose author shows no
+    proof of the work is refused first: it neither checks nor counts toward the cap.
     One digest committed by several authors (a byte-for-byte copy) is kept once, under
     the author with standing, then the smaller sample claim, then the round's draw: the
     update is the same either way, and no two peers may weigh it differently. Beyond
@@ -116,8 +120,12 @@ def admit(round_index: int, commitments: Mapping[str, Commitment], *, standing: 
         return (author not in standing, commitments[author].samples, _priority(round_index, author))
 
     refused: dict[str, str] = {}
+    if work is not None and work.bits:
+        for author in sorted(commitments):
+            if not work.accepts(author, commitments[author].work):
+                refused[author] = f"no proof of work on its identity ({work.bits} bits)"
     by_digest: dict[bytes, str] = {}
-    for author in sorted(commitments, key=order):
+    for author in sorted((a for a in commitments if a not in refused), key=order):
         first = by_digest.setdefault(commitments[author].digest, author)
         if first != author:
             refused[author] = f"duplicate of {first[:12]}'s update"
@@ -188,6 +196,7 @@ def decide(
     checkers_per_update: int,
     max_samples: int,
     standing: Collection[str] = (),
+    work: IdentityWork | None = None,
 ) -> RoundDecision:
     """Decide round ``round_index`` of version ``parent``.
 
@@ -199,7 +208,7 @@ def decide(
     swarm would waste its first rounds). Merge weights are the claimed samples capped at
     ``max_samples``, here and not only at checkers, so no claim can dominate the mean.
     """
-    admission = admit(round_index, commitments, standing=standing)
+    admission = admit(round_index, commitments, standing=standing, work=work)
     admitted = admission.admitted
     authors = {c.digest: author for author, c in admitted.items()}
     table = checker_table(round_index, admitted, checkers_per_update, standing)

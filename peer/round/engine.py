@@ -26,10 +26,12 @@ from swarmtrain.peer.round.check import Submission, colluding_verdicts
 from swarmtrain.peer.round.clock import Phase
 from swarmtrain.peer.round.context import RoundContext, max_update_bytes
 from swarmtrain.peer.round.decision import RoundDecision, admit, checker_table, decide, round_weight
+from swarmtrain.peer.round.offences import OFFENCE_WINDOW, cooling_off
 from swarmtrain.peer.round.recompute import ballots_of, commitments_of, keep_version, next_state, standing_of
 from swarmtrain.peer.round.state import ModelState
 from swarmtrain.peer.round.sync import StateSync
 from swarmtrain.peer.round.vote import Verdict
+from swarmtrain.peer.store.versions import StoreError
 from swarmtrain.peer.training import faults
 from swarmtrain.peer.training.contribute import LocalUpdate
 
@@ -99,7 +101,7 @@ class RoundEngine:
         self.ctx.records.publish_commit(r, CommitRecord(
             peer_id=self.ctx.peer_id, digest=update.committed_digest.hex(), size=len(update.payload),
             samples=max(1, update.samples), base_version=update.base_version.hex(),
-            train_loss=_finite(update.train_loss),
+            train_loss=_finite(update.train_loss), work=self.ctx.work_nonce,
         ))
 
     def frozen_commits(self, r: int) -> dict[str, CommitRecord]:
@@ -114,12 +116,26 @@ class RoundEngine:
         """Who has standing in the round after ``state`` (see :func:`standing_of`)."""
         return standing_of(self.ctx.store, state.version, self.ctx.founder)
 
+    def cooling_off(self, state: ModelState) -> dict[str, str]:
+        """Authors cooling off after ``state`` (:mod:`.offences`), from this peer's history
+        entries of the versions leading to it."""
+        entries = []
+        version: str | None = state.version.hex()
+        while version is not None and len(entries) < OFFENCE_WINDOW:
+            try:
+                commit = self.ctx.store.commit(version)
+            except StoreError:
+                break  # a version downloaded without its history: nothing older is known
+            entries.append((commit.round, commit.contributions))
+            version = commit.parent_id
+        return cooling_off(entries)
+
     def check_and_vote(self, r: int, state: ModelState, update: LocalUpdate) -> dict[bytes, Verdict]:
         """After the commit deadline: fetch what this peer must check, check it, vote."""
         ctx = self.ctx
         commits = self.frozen_commits(r)
         standing = self.standing(state)
-        admitted = admit(r, commitments_of(commits), standing=standing).admitted
+        admitted = admit(r, commitments_of(commits), standing=standing, work=ctx.work).admitted
         table = checker_table(r, admitted, ctx.config.vote.checkers_per_update, standing)
         authors = {c.digest: peer for peer, c in admitted.items()}
         mine = {d: authors[d] for d, who in table.items() if ctx.peer_id in who}
@@ -129,11 +145,16 @@ class RoundEngine:
             if verdicts:
                 ctx.records.publish_votes(r, ballot(ctx.peer_id, verdicts))
             return verdicts
-        payloads = self.payloads.fetch({d: [a] for d, a in mine.items()}, max_size=max_update_bytes(state.params),
+        # Repeat offenders' updates are not downloaded: rejected unread, for a reason
+        # that is no offence, until their offences age out of the window.
+        cooling = self.cooling_off(state)
+        payloads = self.payloads.fetch({d: [a] for d, a in mine.items() if a not in cooling},
+                                       max_size=max_update_bytes(state.params),
                                        deadline=ctx.phases.deadline(r, Phase.VOTE) - 2 * PUBLISH_MARGIN_S)
         submissions = [Submission(authors[d], d, bytes.fromhex(commits[authors[d]].base_version),
-                                  commits[authors[d]].samples, payloads[d],
-                                  self.payloads.failures.get(d, "payload not downloaded")) for d in sorted(mine)]
+                                  commits[authors[d]].samples, payloads.get(d),
+                                  cooling.get(authors[d]) or self.payloads.failures.get(d, "payload not downloaded"))
+                       for d in sorted(mine)]
         # state.validation_loss, when known, is this checker's loss of these very params
         # (measured at the merge that made them, on the same held-out batches).
         verdicts = ctx.checker.check_round(state.params, state.version, submissions, seen=self._seen,
@@ -150,7 +171,7 @@ class RoundEngine:
         commits = self.frozen_commits(r)
         decision = decide(r, state.version, commitments_of(commits), ballots_of(ctx.records.votes(r)),
                           checkers_per_update=ctx.config.vote.checkers_per_update,
-                          max_samples=max_samples(ctx.config), standing=self.standing(state))
+                          max_samples=max_samples(ctx.config), standing=self.standing(state), work=ctx.work)
         return decision, commits
 
     def merge(self, r: int, state: ModelState, decision: RoundDecision, commits: dict[str, CommitRecord],

@@ -28,6 +28,7 @@ from swarmtrain.peer.round.state import ModelState, load_version
 from swarmtrain.peer.round.vote import Verdict
 from swarmtrain.peer.store.versions import Contribution, StoreError, VersionStore
 from swarmtrain.protocol import version_id
+from swarmtrain.protocol.work import IdentityWork
 
 Ballots = dict[str, dict[bytes, Vote]]
 
@@ -58,7 +59,7 @@ def claims(round_: int, results: Mapping[str, ResultRecord]) -> list[Claim]:
 
 
 def commitments_of(commits: Mapping[str, CommitRecord]) -> dict[str, Commitment]:
-    return {peer: Commitment(peer, bytes.fromhex(c.digest), c.samples) for peer, c in commits.items()}
+    return {peer: Commitment(peer, bytes.fromhex(c.digest), c.samples, c.work) for peer, c in commits.items()}
 
 
 def ballots_of(votes: Mapping[str, VoteRecord]) -> Ballots:
@@ -84,8 +85,8 @@ def commit_views(frozen: Mapping[str, CommitRecord] | None, now: Mapping[str, Co
 
 
 def matching_decision(round_: int, parent: bytes, claim: Claim, views: list[dict[str, CommitRecord]],
-                      ballots: Ballots, *, config: SwarmConfig,
-                      standing: frozenset[str]) -> tuple[RoundDecision, dict[str, CommitRecord]] | None:
+                      ballots: Ballots, *, config: SwarmConfig, standing: frozenset[str],
+                      work: IdentityWork | None = None) -> tuple[RoundDecision, dict[str, CommitRecord]] | None:
     """The decision, over one of ``views``, whose accepted updates include all of the
     claim's; None when the claim cannot come out of these records on ``parent``.
 
@@ -97,7 +98,7 @@ def matching_decision(round_: int, parent: bytes, claim: Claim, views: list[dict
     for view in views:
         decision = decide(round_, parent, commitments_of(view), ballots,
                           checkers_per_update=config.vote.checkers_per_update,
-                          max_samples=max_samples(config), standing=standing)
+                          max_samples=max_samples(config), standing=standing, work=work)
         if claim.accepted <= set(decision.accepted):
             return decision, view
     return None
@@ -128,9 +129,10 @@ def next_state(config: SwarmConfig, r: int, parent: ModelState, decision: RoundD
     return new, outcome
 
 
-def contributions_of(decision: RoundDecision, commits: Mapping[str, CommitRecord], outcome: RoundMerge,
+def contributions_of(decision: RoundDecision, commits: Mapping[str, Commitment], outcome: RoundMerge,
                      my_verdicts: Mapping[bytes, Verdict]) -> tuple[Contribution, ...]:
-    """The history entry's account of every commitment of the round, and why."""
+    """The history entry's account of every commitment of the round, and why (this
+    peer's own reason where it judged and the swarm rejected)."""
     accepted = set(outcome.version.accepted)
     return tuple(
         Contribution(
@@ -142,7 +144,7 @@ def contributions_of(decision: RoundDecision, commits: Mapping[str, CommitRecord
         )
         for d in sorted(decision.authors)
     ) + tuple(
-        Contribution(peer_id=author, digest=commits[author].digest, samples=commits[author].samples,
+        Contribution(peer_id=author, digest=commits[author].digest.hex(), samples=commits[author].samples,
                      accepted=False, votes_for=0, votes_against=0, loss_delta=None, reason=why)
         for author, why in sorted(decision.refused.items())
     )
@@ -154,7 +156,8 @@ def keep_version(store: VersionStore, kept: Payloads, r: int, parent: bytes, new
     """Save a merged V(r+1) with its history entry, and keep (and serve) the payloads it
     accepted, so others can recompute it from this peer (its own merge and a recomputed one alike)."""
     new.save(store, new.commit_for(parent=parent, produced_in=r,
-                                   contributions=contributions_of(decision, commits, outcome, my_verdicts)))
+                                   contributions=contributions_of(decision, commitments_of(commits), outcome,
+                                                                  my_verdicts)))
     for digest in decision.accepted:
         kept.keep(r, digest, payloads[digest])
 
@@ -178,7 +181,7 @@ class Recomputer:
         ballots = ballots_of(ctx.records.votes(r))
         views = commit_views(frozen, ctx.records.commits(r), ballots)
         found = matching_decision(r, parent.version, claim, views, ballots, config=ctx.config,
-                                  standing=standing_of(ctx.store, parent.version, ctx.founder))
+                                  standing=standing_of(ctx.store, parent.version, ctx.founder), work=ctx.work)
         if found is None:
             return (f"its {len(claim.accepted)} accepted update(s) do not follow from version "
                     f"{parent_version.hex()[:12]} and the signed commitments and ballots of round {r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -18,6 +18,10 @@ from swarmtrain.peer.config import SwarmConfig, max_samples
 from swarmtrain.peer.round.check import Checker, Submission, colluding_verdicts
 from swarmtrain.peer.round.decision import Commitment, Vote, admit, checker_table, decide, round_weight
 from swarmtrain.peer.round.merge import merge_round
+from swarmtrain.peer.round.offences import OFFENCE_WINDOW, cooling_off
+from swarmtrain.peer.round.recompute import contributions_of
+from swarmtrain.peer.round.vote import Verdict
+from swarmtrain.peer.store.commit import Contribution
 from swarmtrain.peer.round.vote import Tally
 from swarmtrain.peer.round.state import genesis_state
 from swarmtrain.peer.training import faults
@@ -25,6 +29,7 @@ from swarmtrain.peer.training.contribute import Contributor
 from swarmtrain.peer.training.progress import ProgressTracker
 from swarmtrain.peer.training.tasks import Task, load_task
 from swarmtrain.peer.training.trainer import LocalTrainer, evaluate_loss
+from swarmtrain.protocol.work import IdentityWork
 
 VALIDATION_SEED = 0x7E57  # the simulator's own yardstick, distinct from every voter's seed
 
@@ -123,6 +128,13 @@ class Simulation:
         # Who has standing: the first peer founded the swarm (the genesis' creator), then
         # the authors merged into the current version (standing_of on the networked path).
         self._standing: frozenset[str] = frozenset({self.peers[0].name}) if self.peers else frozenset()
+        # Each peer's own history entries of the latest rounds (who is cooling off, as it sees it).
+        self._entries: dict[str, list[tuple[int, tuple[Contribution, ...]]]] = {p.name: [] for p in self.peers}
+        # A swarm that prices identities: each virtual peer does the work once, on the
+        # genesis version (a networked swarm salts it with the genesis record's digest).
+        bits = config.vote.identity_bits
+        self._work = IdentityWork(self.version, bits) if bits else None
+        self._nonces = {p.name: self._work.solve(p.name) if self._work else 0 for p in self.peers}
 
     def validation_loss(self) -> float:
         return evaluate_loss(self.task, self._eval_model, self._validation, params=self.params)
@@ -145,20 +157,25 @@ class Simulation:
         }
         # A late committer's record arrives after the others froze the round's commit set.
         late = {p.name for p in self.peers if faults.commits_late(p.contributor.fault)}
-        commitments = {name: Commitment(name, u.committed_digest, u.samples)
+        commitments = {name: Commitment(name, u.committed_digest, u.samples, self._nonces[name])
                        for name, u in updates.items() if name not in late}
-        admitted = admit(self.round, commitments, standing=self._standing).admitted
+        admitted = admit(self.round, commitments, standing=self._standing, work=self._work).admitted
         checkers = checker_table(self.round, admitted, self.config.vote.checkers_per_update, self._standing)
         cap = max_samples(self.config)
         ballots: dict[str, dict[bytes, Vote]] = {}
         colluders = {p.name for p in self.peers if faults.colludes(p.contributor.fault)}
+        own: dict[str, dict[bytes, Verdict]] = {}
         for peer in present:
             mine = [submissions[d] for d, who in checkers.items() if peer.name in who]
             if peer.name in colluders:
                 fellows = {s.committed_digest: s.author in colluders for s in mine}
                 ballots[peer.name] = {d: Vote(v.accept, v.reason) for d, v in colluding_verdicts(fellows).items()}
                 continue
-            verdicts = peer.checker.check_round(
+            # Repeat offenders, as this peer saw them, are rejected unread (as on a network).
+            cooling = cooling_off(self._entries[peer.name])
+            mine = [replace(s, payload=None, missing_reason=cooling[s.author]) if s.author in cooling else s
+                    for s in mine]
+            verdicts = own[peer.name] = peer.checker.check_round(
                 self.params, self.version, mine, seen=self._seen,
                 own_norms=[updates[peer.name].sent_norm],
                 round_samples=round_weight(admitted, cap),
@@ -166,11 +183,15 @@ class Simulation:
             ballots[peer.name] = {d: Vote(v.accept, v.reason) for d, v in verdicts.items()}
         decision = decide(self.round, self.version, commitments, ballots,
                           checkers_per_update=self.config.vote.checkers_per_update,
-                          max_samples=cap, standing=self._standing)
+                          max_samples=cap, standing=self._standing, work=self._work)
         merged = merge_round(self.params, self.version,
                              {d: (decision.weights[d], submissions[d].payload or b"") for d in decision.accepted},
                              self.outer, codec=self.config.codec, clip_ratio=self.config.vote.max_norm_ratio)
         result = merged.version
+        for name, verdicts in own.items():
+            entries = self._entries[name]
+            entries.append((self.round, contributions_of(decision, commitments, merged, verdicts)))
+            del entries[:-OFFENCE_WINDOW]
         self._seen.update(decision.authors)
         self._standing = frozenset(decision.authors[d] for d in result.accepted)
         self.params, self.version = result.params, result.version_id

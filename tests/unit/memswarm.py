@@ -34,6 +34,7 @@ from swarmtrain.peer.training.contribute import Contributor
 from swarmtrain.peer.training.progress import ProgressTracker
 from swarmtrain.peer.training.tasks import Task, load_task
 from swarmtrain.peer.training.trainer import LocalTrainer
+from swarmtrain.protocol.work import IdentityWork
 
 
 @dataclass
@@ -85,6 +86,7 @@ class MemoryExchange:
         self.blobs = blobs
         self.peer_id = peer_id
         self.sent = self.received = 0
+        self.fetched: list[tuple[str, str, str]] = []  # (peer, kind, digest) of every fetch tried
 
     def serve(self, kind: str, digest_hex: str, data: bytes) -> None:
         self.blobs[(self.peer_id, kind, digest_hex)] = data
@@ -97,6 +99,7 @@ class MemoryExchange:
 
     def fetch(self, peer_id: str, kind: str, digest_hex: str, *, max_size: int, timeout: float,
               progress: Progress | None = None) -> bytes:
+        self.fetched.append((peer_id, kind, digest_hex))
         blob = self.blobs.get((peer_id, kind, digest_hex))
         if blob is None:
             raise BlobNotFound(f"{peer_id} does not serve {kind} {digest_hex[:12]}", peer_id=peer_id)
@@ -142,10 +145,12 @@ def fake_peer_id(name: str) -> str:
 
 
 def memory_swarm(tmp: Path, config: SwarmConfig, names: list[str], *, faults: dict[str, str] | None = None,
-                 genesis_time: float = 1000.0, founder: str | None = "first",
+                 genesis_time: float = 1000.0, founder: str | None = "first", no_work: frozenset[str] = frozenset(),
                  ) -> tuple[list[MemoryPeer], ManualClock, MemoryTable]:
     """Peers named ``names`` on one clock, shared records and blobs, all at the genesis,
-    which the first of them created (``founder``: "first", another name, or None)."""
+    which the first of them created (``founder``: "first", another name, or None). In a
+    swarm that prices identities (``config.vote.identity_bits``) each peer proves the
+    work, except those named in ``no_work``."""
     task: Task = load_task(config)
     clock = ManualClock(genesis_time)
     phases = PhaseClock(genesis_time, config.timing)
@@ -153,6 +158,8 @@ def memory_swarm(tmp: Path, config: SwarmConfig, names: list[str], *, faults: di
     blobs: dict[tuple[str, str, str], object] = {}
     peers = []
     founder_id = fake_peer_id(names[0] if founder == "first" else founder) if founder else None
+    bits = config.vote.identity_bits
+    work = IdentityWork(hashlib.blake2b(b"memory genesis").digest(), bits) if bits else None
     for i, name in enumerate(names):
         peer_id = fake_peer_id(name)
         store = VersionStore(tmp / name)
@@ -162,6 +169,7 @@ def memory_swarm(tmp: Path, config: SwarmConfig, names: list[str], *, faults: di
         ctx = RoundContext(peer_id=peer_id, config=config, records=MemoryRecords(table, peer_id),
                            exchange=MemoryExchange(blobs, peer_id), store=store, clock=clock, phases=phases,
                            checker=Checker(task, config, heldout_seed=100 + i), founder=founder_id,
+                           work=work, work_nonce=work.solve(peer_id) if work and name not in no_work else 0,
                            announce=lines.append)
         sync = StateSync(ctx)
         sync.serve(state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -257,3 +258,44 @@ def test_a_state_is_fetched_from_several_holders_at_once_and_bad_ones_are_skippe
     assert len(requested) >= 3 and len(set(requested)) == len(requested)
     assert any("ON TRUST" in line for line in late.lines)
     assert any("synced version" in line for line in late.lines)
+
+
+def test_a_repeat_offender_is_cooled_off_and_its_updates_are_not_downloaded(tmp_path: Path) -> None:
+    peers, clock, table = memory_swarm(tmp_path, CONFIG, ["a", "b", "c", "nan"], faults={"nan": "nan"})
+    offender = fake_peer_id("nan")
+    for r in range(5):
+        _lockstep_round(peers, clock, r, before=20, after=5)
+    for p in peers[:3]:
+        entries = [p.ctx.store.commit(p.state.version.hex())]
+        while entries[-1].parent_id is not None:
+            entries.append(p.ctx.store.commit(entries[-1].parent_id))
+        reasons = {e.round: next(c.reason for c in e.contributions if c.peer_id == offender) for e in entries
+                   if any(c.peer_id == offender for c in e.contributions)}
+        cooled = [r for r, why in reasons.items() if why.startswith("cooling off")]
+        # Rejected for its NaNs until this peer saw 3 of them itself, then unread.
+        assert cooled and min(cooled) >= 3, reasons
+        assert all("NaN" in why or why.startswith(("cooling off", "checkers: ")) for why in reasons.values()), reasons
+        cooled_digests = {c.digest for e in entries if e.round in cooled for c in e.contributions
+                          if c.peer_id == offender}
+        assert not any(who == offender and digest in cooled_digests
+                       for who, _, digest in p.ctx.exchange.fetched)  # type: ignore[attr-defined]
+        # Honest peers are never cooled off.
+        assert not any(c.reason.startswith("cooling off") for e in entries for c in e.contributions
+                       if c.peer_id != offender)
+    assert len({p.state.version for p in peers[:3]}) == 1
+
+
+def test_in_a_swarm_that_prices_identities_a_commitment_without_the_work_is_refused(tmp_path: Path) -> None:
+    config = CONFIG.replace(vote=dataclasses.replace(CONFIG.vote, identity_bits=10))
+    peers, clock, table = memory_swarm(tmp_path, config, ["a", "b", "c", "free"], no_work=frozenset({"free"}))
+    free = fake_peer_id("free")
+    for r in range(2):
+        _lockstep_round(peers, clock, r, before=20, after=5)
+        assert table.rows[("commits", r)][free].work == 0  # it did commit
+        assert len({p.state.version for p in peers}) == 1
+        entry = peers[0].ctx.store.commit(peers[0].state.version.hex())
+        refused = next(c for c in entry.contributions if c.peer_id == free)
+        assert not refused.accepted and refused.reason == "no proof of work on its identity (10 bits)"
+        assert {c.peer_id for c in entry.accepted} == {fake_peer_id(n) for n in "abc"}
+        # Refused before the checker draw: nobody downloaded its update.
+        assert not any(who == free for p in peers[:3] for who, _, _ in p.ctx.exchange.fetched)  # type: ignore[attr-defined]
