@@ -391,6 +391,8 @@ def cmd_log(args: argparse.Namespace) -> int:
 
     store = _open_store(args.data_dir)
     try:
+        if args.peers:
+            return _print_peers(store, json_out=args.json)
         history = store.history()
     finally:
         store.close()
@@ -398,6 +400,28 @@ def cmd_log(args: argparse.Namespace) -> int:
         print(json.dumps([c.to_dict() for c in history], indent=2))
     else:
         Console().print(render_history(history))
+    return 0
+
+
+def _print_peers(store: "VersionStore", *, json_out: bool) -> int:
+    """Each author's record over the head version's lineage (the window of offences)."""
+    from rich.console import Console
+
+    from swarmtrain.peer.app.terminal import render_peers
+    from swarmtrain.peer.round.offences import OFFENCE_WINDOW, cooling_off, peer_records
+
+    head = store.head()
+    if head is None:
+        raise UsageError(f"{store.data_dir} holds no versions yet")
+    lineage = store.lineage(head.version_id)
+    entries = [(c.round, c.contributions) for c in lineage]
+    records = peer_records(entries)
+    cooling = cooling_off(entries[:OFFENCE_WINDOW])
+    if json_out:
+        print(json.dumps({peer: {**r.to_dict(), "cooling_off": peer in cooling} for peer, r in records.items()},
+                         indent=2))
+    else:
+        Console().print(render_peers(records, cooling, len(lineage)))
     return 0
 
 
@@ -525,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     log_cmd = sub.add_parser("log", help="the version history this peer keeps")
     log_cmd.add_argument("--data-dir", default="swarm-data/demo", help="the peer's data dir")
     log_cmd.add_argument("--json", action="store_true")
+    log_cmd.add_argument("--peers", action="store_true",
+                         help="each author's record instead: updates accepted and rejected, offences this peer "
+                              "saw itself, and who is cooling off now")
     log_cmd.set_defaults(func=cmd_log)
 
     export = sub.add_parser("export", help="write a kept version: a .safetensors file, or an HF/PEFT directory")

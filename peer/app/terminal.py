@@ -7,13 +7,14 @@ them on a fixed-width console and compare text.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from swarmtrain.peer.config import SwarmConfig
+from swarmtrain.peer.round.offences import PeerRecord
 from swarmtrain.peer.round.simulate import RoundReport
 from swarmtrain.peer.store.versions import VersionCommit
 
@@ -71,6 +72,17 @@ def print_round(report: RoundReport) -> None:
 
 def print_summary(reports: Sequence[RoundReport], fault_peer: str | None) -> None:
     _console.print(render_summary(reports, fault_peer))
+
+
+def render_peers(records: Mapping[str, PeerRecord], cooling: Mapping[str, str], rounds: int) -> Table:
+    """``swarmtrain log --peers``: each author's record over the versions read."""
+    table = Table(title=f"{len(records)} peer(s) over the last {rounds} version(s)")
+    for column in ("peer", "accepted", "rejected", "offences (seen here)", "latest offence", "now"):
+        table.add_column(column)
+    for peer, record in sorted(records.items(), key=lambda item: (-item[1].accepted, item[0])):
+        table.add_row(peer, str(record.accepted), str(record.rejected), str(len(record.offences)),
+                      record.last_offence or "-", "cooling off" if peer in cooling else "-")
+    return table
 
 
 def render_history(commits: Sequence[VersionCommit]) -> Table:

@@ -31,7 +31,6 @@ from swarmtrain.peer.round.recompute import ballots_of, commitments_of, keep_ver
 from swarmtrain.peer.round.state import ModelState
 from swarmtrain.peer.round.sync import StateSync
 from swarmtrain.peer.round.vote import Verdict
-from swarmtrain.peer.store.versions import StoreError
 from swarmtrain.peer.training import faults
 from swarmtrain.peer.training.contribute import LocalUpdate
 
@@ -119,16 +118,8 @@ class RoundEngine:
     def cooling_off(self, state: ModelState) -> dict[str, str]:
         """Authors cooling off after ``state`` (:mod:`.offences`), from this peer's history
         entries of the versions leading to it."""
-        entries = []
-        version: str | None = state.version.hex()
-        while version is not None and len(entries) < OFFENCE_WINDOW:
-            try:
-                commit = self.ctx.store.commit(version)
-            except StoreError:
-                break  # a version downloaded without its history: nothing older is known
-            entries.append((commit.round, commit.contributions))
-            version = commit.parent_id
-        return cooling_off(entries)
+        return cooling_off([(c.round, c.contributions)
+                            for c in self.ctx.store.lineage(state.version.hex(), OFFENCE_WINDOW)])
 
     def check_and_vote(self, r: int, state: ModelState, update: LocalUpdate) -> dict[bytes, Verdict]:
         """After the commit deadline: fetch what this peer must check, check it, vote."""

@@ -201,6 +201,24 @@ class VersionStore:
         """Every commit on record, oldest first; damaged records are skipped with a warning."""
         return [record.commit for record in self._records_sorted()]
 
+    def lineage(self, version_id: str, limit: int | None = None) -> list[VersionCommit]:
+        """``version_id``'s commit and its ancestors', newest first, at most ``limit``; ends
+        early at the genesis or at a version whose commit is not here (one downloaded
+        without its history) or is damaged (with a warning)."""
+        out: list[VersionCommit] = []
+        current: str | None = version_id
+        while current is not None and (limit is None or len(out) < limit):
+            try:
+                record = self._record_if_present(current)
+            except StoreError as error:
+                logger.warning("history stops at version %s: %s", current, error)
+                break
+            if record is None:
+                break
+            out.append(record.commit)
+            current = record.commit.parent_id
+        return out
+
     def head(self) -> VersionCommit | None:
         """The version to resume from, or None for an empty store.
 

@@ -162,7 +162,7 @@ def memory_swarm(tmp: Path, config: SwarmConfig, names: list[str], *, faults: di
     work = IdentityWork(hashlib.blake2b(b"memory genesis").digest(), bits) if bits else None
     for i, name in enumerate(names):
         peer_id = fake_peer_id(name)
-        store = VersionStore(tmp / name)
+        store = VersionStore(tmp / name / "versions")  # a data dir, as `swarmtrain log` reads it
         state = genesis_state(task, config)
         state.save(store, state.commit_for(parent=None, produced_in=0))
         lines: list[str] = []

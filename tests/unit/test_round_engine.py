@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from memswarm import MemoryPeer, fake_peer_id, memory_swarm
 
+from swarmtrain.peer.app.cli import main
 from swarmtrain.dht import CommitRecord, ResultRecord, Verdict, VoteRecord
 from swarmtrain.peer.config import max_samples, preset
 from swarmtrain.peer.round.clock import ManualClock, Phase
@@ -260,7 +263,8 @@ def test_a_state_is_fetched_from_several_holders_at_once_and_bad_ones_are_skippe
     assert any("synced version" in line for line in late.lines)
 
 
-def test_a_repeat_offender_is_cooled_off_and_its_updates_are_not_downloaded(tmp_path: Path) -> None:
+def test_a_repeat_offender_is_cooled_off_and_its_updates_are_not_downloaded(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     peers, clock, table = memory_swarm(tmp_path, CONFIG, ["a", "b", "c", "nan"], faults={"nan": "nan"})
     offender = fake_peer_id("nan")
     for r in range(5):
@@ -283,6 +287,14 @@ def test_a_repeat_offender_is_cooled_off_and_its_updates_are_not_downloaded(tmp_
         assert not any(c.reason.startswith("cooling off") for e in entries for c in e.contributions
                        if c.peer_id != offender)
     assert len({p.state.version for p in peers[:3]}) == 1
+    # `swarmtrain log --peers` shows the records behind it.
+    capsys.readouterr()
+    assert main(["log", "--peers", "--json", "--data-dir", str(tmp_path / "a")]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown[offender]["cooling_off"] and shown[offender]["offences"] >= 3
+    assert shown[offender]["accepted"] == 0 and "NaN" in shown[offender]["last_offence"]
+    assert all(shown[fake_peer_id(n)] == {**shown[fake_peer_id(n)], "offences": 0, "cooling_off": False}
+               for n in "abc")
 
 
 def test_in_a_swarm_that_prices_identities_a_commitment_without_the_work_is_refused(tmp_path: Path) -> None:
