@@ -35,9 +35,10 @@ from report import emit
 
 from swarmtrain.peer.config import CodecConfig, OuterConfig, SwarmConfig, preset
 from swarmtrain.peer.round.simulate import RoundReport, Simulation
-from swarmtrain.peer.training.faults import FAULT_MODES
+from swarmtrain.peer.training.faults import FAULT_MODES, skips_work
 
 HONEST = 3
+IDENTITY_BITS = 12  # the free-identity row's swarm prices identities at 2^12 hashes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +69,10 @@ def config(rounds_steps: int, task: str) -> SwarmConfig:
 
 def run(cfg: SwarmConfig, rounds: int, attack: Attack | None) -> dict[str, object]:
     started = time.monotonic()
+    if attack is not None and skips_work(attack.fault):
+        # Only a swarm that prices identities refuses it; honest peers pay and are admitted,
+        # so the all-honest baseline is the same run.
+        cfg = cfg.replace(vote=dataclasses.replace(cfg.vote, identity_bits=IDENTITY_BITS))
     if attack is None:
         reports = Simulation(cfg, peers=HONEST).run(rounds)
     else:

@@ -31,6 +31,7 @@ from swarmtrain.peer.round.engine import AGREE_READ_SHARE, PUBLISH_MARGIN_S, Rou
 from swarmtrain.peer.round.state import ModelState, genesis_state, load_version
 from swarmtrain.peer.round.sync import StateSync
 from swarmtrain.peer.store.files import atomic_write
+from swarmtrain.peer.store.payloads import HISTORY_ROUNDS
 from swarmtrain.peer.store.versions import StoreError, VersionStore
 from swarmtrain.peer.training import faults
 from swarmtrain.peer.training.contribute import Contributor
@@ -88,6 +89,7 @@ class NodeOptions:
     # other candidate, a back-dated one included, can capture this peer.
     genesis_digest: str | None = None
     trust_states: bool = False         # --trust-state: take a state that cannot be replayed on its holders' word
+    keep_payload_rounds: int = HISTORY_ROUNDS  # --keep-payloads: rounds of merged payloads kept for others' replay
     data: tuple[Path, ...] = ()        # this peer's text files for an hf: task (--data)
     nat: NatOptions = field(default_factory=NatOptions)  # relays, hole punching, announced addresses
     # --allow-peers: a private swarm's members (records and blobs of nobody else); None: open
@@ -134,7 +136,8 @@ class Node:
                 peer_id=self.identity.peer_id, config=self.config, records=self.records, exchange=self.exchange,
                 store=self.store, clock=options.clock, phases=self.phases, checker=self.checker,
                 founder=self.genesis.creator, work=work, work_nonce=nonce, announce=options.announce)
-            self.sync = StateSync(self.context, trust_states=self.options.trust_states)
+            self.sync = StateSync(self.context, trust_states=self.options.trust_states,
+                                  keep_payload_rounds=self.options.keep_payload_rounds)
             self.sync.serve(self.state)
             self.engine = RoundEngine(self.context, self.sync, fault=options.fault)
             self.worker: TrainingWorker | None = None
@@ -152,6 +155,8 @@ class Node:
         if not bits:
             return None, 0
         work = IdentityWork(bytes.fromhex(self.genesis.digest()), bits)
+        if faults.skips_work(self.options.fault):
+            return work, faults.unpaid_nonce(work, self.identity.peer_id)
         started = time.monotonic()
         nonce = work.solve(self.identity.peer_id)
         self.options.announce(f"proof of work on this identity ({bits} bits): {time.monotonic() - started:.1f} s")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from swarmtrain.peer.app import configfile
+from swarmtrain.peer.store.payloads import HISTORY_ROUNDS
 from swarmtrain.peer.config import AVERAGE, DENSE, PRESETS, ConfigError, OuterConfig, SwarmConfig, preset
 from swarmtrain.peer.training.faults import FAULT_MODES, FaultError
 from swarmtrain.peer.training.trainer import INNER_OPTIMIZERS
@@ -298,6 +299,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         start_delay=args.start_delay,
         address_file=Path(args.address_file) if args.address_file else None,
         device=args.device, inner_optim=args.inner_optim, genesis_digest=args.genesis, trust_states=args.trust_state,
+        keep_payload_rounds=args.keep_payloads,
         nat=_nat_options(args), data=data, allowed_peers=_allowed_peers(args),
         announce=output.announce, metrics=_start_metrics(args, PeerMetrics()),
     )
@@ -495,6 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="when the rounds this peer missed cannot be replayed (their records or payloads are "
                            "gone), download the newest version from the peers that publish it and take it on "
                            "their word (by default a peer adopts only versions it recomputed itself)")
+    join.add_argument("--keep-payloads", type=_positive_int, default=HISTORY_ROUNDS, metavar="ROUNDS",
+                      help=f"keep and serve the update payloads this peer merged for this many rounds, so "
+                           f"peers that join later can replay them (default {HISTORY_ROUNDS}; the DHT keeps "
+                           "round records for an hour, so more helps up to an hour of rounds)")
     _add_device_option(join)
     join.add_argument("--inner-optim", choices=INNER_OPTIMIZERS, default="adamw",
                       help="the local inner optimizer: adamw (fp32 moments), or adamw8bit (bitsandbytes' 8-bit "

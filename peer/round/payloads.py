@@ -20,9 +20,6 @@ from swarmtrain.peer.store.payloads import PayloadHistory
 
 log = logging.getLogger(__name__)
 
-# Rounds of accepted payloads every peer keeps and serves. Replay can reach back this far
-# (and no further than the DHT's round records live).
-HISTORY_ROUNDS = 32
 
 
 class Payloads:

@@ -134,7 +134,9 @@ class Simulation:
         # genesis version (a networked swarm salts it with the genesis record's digest).
         bits = config.vote.identity_bits
         self._work = IdentityWork(self.version, bits) if bits else None
-        self._nonces = {p.name: self._work.solve(p.name) if self._work else 0 for p in self.peers}
+        self._nonces = {p.name: 0 if self._work is None
+                        else faults.unpaid_nonce(self._work, p.name) if faults.skips_work(p.contributor.fault)
+                        else self._work.solve(p.name) for p in self.peers}
 
     def validation_loss(self) -> float:
         return evaluate_loss(self.task, self._eval_model, self._validation, params=self.params)

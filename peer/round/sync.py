@@ -28,10 +28,10 @@ from swarmtrain.peer.exchange.errors import FetchError
 from swarmtrain.peer.exchange.ring import ServedRing
 from swarmtrain.peer.round.clock import Phase
 from swarmtrain.peer.round.context import RoundContext, max_state_bytes
-from swarmtrain.peer.round.payloads import HISTORY_ROUNDS, Payloads
+from swarmtrain.peer.round.payloads import Payloads
 from swarmtrain.peer.round.recompute import Claim, Recomputer, claims
 from swarmtrain.peer.round.state import ModelState, load_version, verified_checksum
-from swarmtrain.peer.store.payloads import PAYLOADS_DIR, PayloadHistory
+from swarmtrain.peer.store.payloads import HISTORY_ROUNDS, PAYLOADS_DIR, PayloadHistory
 from swarmtrain.peer.store.versions import StoreError, VersionCommit
 
 log = logging.getLogger(__name__)
@@ -45,13 +45,14 @@ SERVED_STATES = 2
 
 
 class StateSync:
-    def __init__(self, ctx: RoundContext, *, trust_states: bool = False) -> None:
+    def __init__(self, ctx: RoundContext, *, trust_states: bool = False,
+                 keep_payload_rounds: int = HISTORY_ROUNDS) -> None:
         self.ctx = ctx
         self.resyncs = 0
         self.disagreements = 0  # published results this peer could not recompute, and so refused
         self.trust_states = trust_states
         self._served = ServedRing(ctx.exchange, "state", keep=SERVED_STATES)
-        self.payloads = Payloads(ctx, PayloadHistory(ctx.store.data_dir / PAYLOADS_DIR, HISTORY_ROUNDS))
+        self.payloads = Payloads(ctx, PayloadHistory(ctx.store.data_dir / PAYLOADS_DIR, keep_payload_rounds))
         self.recomputer = Recomputer(ctx, self.payloads)
 
     def serve(self, state: ModelState) -> None:

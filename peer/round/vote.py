@@ -29,7 +29,6 @@ import statistics
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from swarmtrain.peer.config import VoteConfig

@@ -16,6 +16,10 @@ from .errors import StoreError
 from .files import atomic_write, io_error, remove_temp_files
 
 PAYLOADS_DIR = "payloads"
+# Rounds of merged payloads a peer keeps and serves by default (``join --keep-payloads``).
+# Replay can reach back this far, and no further than the DHT's round records live.
+# Demo preset, dense: ~0.4 MB an update, ~40 MB for 32 rounds of 3 peers.
+HISTORY_ROUNDS = 32
 
 
 class PayloadHistory:

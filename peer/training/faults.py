@@ -6,10 +6,13 @@ published about it. Each mode names the check that should catch it.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor
+
+from swarmtrain.protocol.work import IdentityWork
 
 # mode -> the check expected to reject it (shown in docs and the CLI help)
 FAULT_MODES: dict[str, str] = {
@@ -27,6 +30,8 @@ FAULT_MODES: dict[str, str] = {
     "late-commit": "commit-set freeze (commits after the commit deadline; ignored by the others)",
     "collude": "checks by peers with standing (sends sign-flipped updates; as a checker accepts its "
                "fellow colluders' and rejects everyone else's)",
+    "free-identity": "identity price (commits without the proof of work that a swarm started with "
+                     "--identity-bits N asks for; in a swarm without one it is an honest peer)",
 }
 
 SCALE_FACTOR = 10.0
@@ -106,6 +111,17 @@ def reported_train_loss(mode: str | None, train_loss: float) -> float:
 
 def is_colluder_commitment(train_loss: float) -> bool:
     return train_loss == COLLUDER_MARK
+
+
+def skips_work(mode: str | None) -> bool:
+    """Whether the peer commits without the proof of work on its identity."""
+    return mode == "free-identity"
+
+
+def unpaid_nonce(work: IdentityWork, peer_id: str) -> int:
+    """What a ``free-identity`` peer sends instead of a proof: the first nonce that is not
+    one (0 itself passes about once in 2^bits)."""
+    return next(n for n in itertools.count() if not work.accepts(peer_id, n))
 
 
 def commits_late(mode: str | None) -> bool:

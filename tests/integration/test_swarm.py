@@ -169,3 +169,31 @@ def test_a_swarm_whose_peers_all_stopped_resumes_from_their_versions(tmp_path: P
     assert b_last.round > before["b"].round
     assert (b_last.version_id, b_last.state_checksum) == \
         (by_round(tmp_path / "a")[b_last.round].version_id, by_round(tmp_path / "a")[b_last.round].state_checksum)
+
+
+@pytest.mark.timeout(200)
+def test_a_swarm_that_prices_identities_refuses_a_peer_without_the_work(tmp_path: Path) -> None:
+    """A swarm started with --identity-bits 16: the two peers that prove the work on their
+    ids are merged every round; a peer that commits without it (`--fault free-identity`)
+    is refused by both before any check, and the two agree."""
+    swarm = Swarm(tmp_path, "itest-work")
+    priced = [*SMOKE, "--identity-bits", "16", "--rounds", "2"]
+    try:
+        address = swarm.start("a", *priced, "--start-delay", "25").address()
+        swarm.start("b", *priced, "--initial-peers", address)
+        swarm.start("free", *priced, "--initial-peers", address, "--fault", "free-identity")
+        swarm.wait("a", "b", "free", timeout=170)
+    finally:
+        swarm.stop_all()
+
+    free_id = _peer_id(swarm.peers["free"].log_text())
+    for name in ("a", "b"):
+        assert "proof of work on this identity (16 bits)" in swarm.peers[name].log_text()
+    assert "proof of work on this identity" not in swarm.peers["free"].log_text()
+    a, b = by_round(tmp_path / "a"), by_round(tmp_path / "b")
+    assert sorted(a) == sorted(b) == [0, 1]
+    for r, commit in a.items():
+        assert (commit.version_id, commit.state_checksum) == (b[r].version_id, b[r].state_checksum)
+        refused = [c for c in commit.contributions if c.peer_id == free_id]
+        assert len(refused) == 1 and refused[0].reason == "no proof of work on its identity (16 bits)", commit
+        assert len(commit.accepted) == 2 and free_id not in {c.peer_id for c in commit.accepted}

@@ -24,13 +24,15 @@ from swarmtrain.peer.exchange.client import Progress
 from swarmtrain.peer.exchange.errors import BlobNotFound, BlobTooLarge
 from swarmtrain.peer.exchange.service import ExchangeStats
 from swarmtrain.peer.round.check import Checker
-from swarmtrain.peer.round.clock import ManualClock, PhaseClock
+from swarmtrain.peer.round.clock import ManualClock, Phase, PhaseClock
 from swarmtrain.peer.round.context import RoundContext
-from swarmtrain.peer.round.engine import RoundEngine
+from swarmtrain.peer.round.engine import AGREE_READ_SHARE, PUBLISH_MARGIN_S, RoundEngine
 from swarmtrain.peer.round.state import ModelState, genesis_state
 from swarmtrain.peer.round.sync import StateSync
+from swarmtrain.peer.store.payloads import HISTORY_ROUNDS
 from swarmtrain.peer.store.versions import VersionStore
 from swarmtrain.peer.training.contribute import Contributor
+from swarmtrain.peer.training.faults import skips_work, unpaid_nonce
 from swarmtrain.peer.training.progress import ProgressTracker
 from swarmtrain.peer.training.tasks import Task, load_task
 from swarmtrain.peer.training.trainer import LocalTrainer
@@ -144,13 +146,20 @@ def fake_peer_id(name: str) -> str:
     return base58.b58encode(hashlib.sha256(name.encode()).digest()).decode()
 
 
+def _nonce(work: IdentityWork | None, peer_id: str, fault: str | None) -> int:
+    if work is None:
+        return 0
+    return unpaid_nonce(work, peer_id) if skips_work(fault) else work.solve(peer_id)
+
+
 def memory_swarm(tmp: Path, config: SwarmConfig, names: list[str], *, faults: dict[str, str] | None = None,
-                 genesis_time: float = 1000.0, founder: str | None = "first", no_work: frozenset[str] = frozenset(),
+                 genesis_time: float = 1000.0, founder: str | None = "first",
+                 keep_payload_rounds: int = HISTORY_ROUNDS,
                  ) -> tuple[list[MemoryPeer], ManualClock, MemoryTable]:
     """Peers named ``names`` on one clock, shared records and blobs, all at the genesis,
     which the first of them created (``founder``: "first", another name, or None). In a
     swarm that prices identities (``config.vote.identity_bits``) each peer proves the
-    work, except those named in ``no_work``."""
+    work, except a ``free-identity`` one."""
     task: Task = load_task(config)
     clock = ManualClock(genesis_time)
     phases = PhaseClock(genesis_time, config.timing)
@@ -169,9 +178,9 @@ def memory_swarm(tmp: Path, config: SwarmConfig, names: list[str], *, faults: di
         ctx = RoundContext(peer_id=peer_id, config=config, records=MemoryRecords(table, peer_id),
                            exchange=MemoryExchange(blobs, peer_id), store=store, clock=clock, phases=phases,
                            checker=Checker(task, config, heldout_seed=100 + i), founder=founder_id,
-                           work=work, work_nonce=work.solve(peer_id) if work and name not in no_work else 0,
+                           work=work, work_nonce=_nonce(work, peer_id, (faults or {}).get(name)),
                            announce=lines.append)
-        sync = StateSync(ctx)
+        sync = StateSync(ctx, keep_payload_rounds=keep_payload_rounds)
         sync.serve(state)
         trainer = LocalTrainer(task, config.train, stream_seed=i)
         peers.append(MemoryPeer(
@@ -181,3 +190,33 @@ def memory_swarm(tmp: Path, config: SwarmConfig, names: list[str], *, faults: di
             state=state, lines=lines,
         ))
     return peers, clock, table
+
+
+def lockstep_round(peers: list[MemoryPeer], clock: ManualClock, r: int, before: int, after: int,
+                    after_votes: Callable[[], None] | None = None) -> None:
+    """Every peer through round ``r`` phase by phase: ``before`` steps up to the commit
+    point, ``after`` more while the round is checked and merged (the overlap);
+    ``after_votes`` runs once every peer has voted."""
+    phases = peers[0].ctx.phases
+    for p in peers:
+        p.tracker.train(before)
+    clock.sleep_until(phases.deadline(r, Phase.TRAIN) - PUBLISH_MARGIN_S)
+    updates = {p.name: p.contributor.contribute(p.tracker.snapshot(), p.state.version) for p in peers}
+    for p in peers:
+        p.engine.commit(r, updates[p.name])
+    clock.sleep_until(phases.deadline(r, Phase.COMMIT))
+    verdicts = {p.name: p.engine.check_and_vote(r, p.state, updates[p.name]) for p in peers}
+    if after_votes is not None:
+        after_votes()
+    for p in peers:
+        p.tracker.train(after)
+    clock.sleep_until(phases.deadline(r, Phase.VOTE))
+    merged = {}
+    for p in peers:
+        decision, commits = p.engine.decide(r, p.state)
+        merged[p.name] = p.engine.merge(r, p.state, decision, commits, verdicts[p.name])
+    clock.sleep_until(phases.deadline(r, Phase.VOTE) + AGREE_READ_SHARE * peers[0].ctx.config.timing.agree_s)
+    for p in peers:
+        new, _ = p.sync.agree(r, p.state, merged[p.name])
+        p.tracker.rebase(new.params, new.version)
+        p.state = new

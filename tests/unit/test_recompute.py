@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from memswarm import MemoryPeer, fake_peer_id, memory_swarm
-from test_round_engine import CONFIG, _lockstep_round
+from memswarm import MemoryPeer, fake_peer_id, lockstep_round, memory_swarm
+from test_round_engine import CONFIG
 
 from swarmtrain.dht import CommitRecord, ResultRecord, Verdict, VoteRecord
 from swarmtrain.peer.round.merge import OuterOptimizer
@@ -57,7 +57,7 @@ def _parent(peer: MemoryPeer) -> ModelState:
 def test_a_peer_that_could_not_merge_recomputes_the_version_from_payloads_held_by_others(tmp_path: Path) -> None:
     peers, clock, _ = memory_swarm(tmp_path, CONFIG, ["a", "b", "c", "d"])
     *early, late = peers
-    _lockstep_round(early, clock, 0, before=20, after=5)
+    lockstep_round(early, clock, 0, before=20, after=5)
     v1 = early[0].state
     blobs = late.ctx.exchange.blobs  # type: ignore[attr-defined]
     # Author a has left: its payload is only served by the peers that merged it. No state
@@ -78,7 +78,7 @@ def test_a_majority_of_fake_results_is_not_adopted(tmp_path: Path, forgery: str)
     honest peer replace its own merge. Now the fakes' claim must come out of the parent,
     the signed records and the payloads, and it does not."""
     peers, clock, table = memory_swarm(tmp_path, CONFIG, ["a", "b", "c", "flip"], faults={"flip": "sign-flip"})
-    _lockstep_round(peers, clock, 0, before=30, after=5)
+    lockstep_round(peers, clock, 0, before=30, after=5)
     a = peers[0]
     v1 = a.state
     parent = _parent(a)
@@ -107,7 +107,7 @@ def test_a_majority_of_fake_results_is_not_adopted(tmp_path: Path, forgery: str)
 
 def test_a_claim_on_another_parent_is_not_a_child_of_the_held_version(tmp_path: Path) -> None:
     peers, clock, table = memory_swarm(tmp_path, CONFIG, ["a", "b"])
-    _lockstep_round(peers, clock, 0, before=20, after=0)
+    lockstep_round(peers, clock, 0, before=20, after=0)
     a = peers[0]
     stranger = Claim(0, "ab" * 32, "cd" * 32, frozenset(), (fake_peer_id("x"),))
     result = a.sync.recomputer.recompute(0, _parent(a).version, stranger, deadline=clock.time() + 5)
@@ -148,7 +148,7 @@ def test_fake_identities_without_standing_draw_no_checks(tmp_path: Path) -> None
     from swarmtrain.peer.round.decision import decide
     from swarmtrain.peer.round.recompute import commitments_of, standing_of
     peers, clock, table = memory_swarm(tmp_path, CONFIG, ["a", "b", "c"])
-    _lockstep_round(peers, clock, 0, before=20, after=0)  # a, b and c earn standing
+    lockstep_round(peers, clock, 0, before=20, after=0)  # a, b and c earn standing
     base = peers[0].state.version.hex()
     sybils = [fake_peer_id(f"sybil{i}") for i in range(6)]
     for i, s in enumerate(sybils):
@@ -162,7 +162,7 @@ def test_fake_identities_without_standing_draw_no_checks(tmp_path: Path) -> None
                 c.digest: Verdict(accept=author in sybils, loss_delta=-1.0, reason="" if author in sybils else "no")
                 for author, c in list(commits.items())[:64] if author != s})
 
-    _lockstep_round(peers, clock, 1, before=20, after=0, after_votes=sybils_vote)
+    lockstep_round(peers, clock, 1, before=20, after=0, after_votes=sybils_vote)
     history = peers[0].ctx.store.commit(peers[0].state.version.hex())
     assert {c.peer_id for c in history.accepted} == {p.ctx.peer_id for p in peers}
     assert len({(p.state.version, p.state.checksum) for p in peers}) == 1
@@ -196,7 +196,7 @@ def test_a_colluding_majority_present_from_round_0_meets_the_founder(tmp_path: P
                 for author, c in commits.items() if author != s})
 
     assert standing_of(peers[1].ctx.store, genesis, peers[0].ctx.peer_id) == {peers[0].ctx.peer_id}
-    _lockstep_round(peers, clock, 0, before=20, after=0, after_votes=sybils_vote)
+    lockstep_round(peers, clock, 0, before=20, after=0, after_votes=sybils_vote)
     history = peers[0].ctx.store.commit(peers[0].state.version.hex())
     merged = {c.peer_id for c in history.accepted}
     assert not merged & set(sybils)

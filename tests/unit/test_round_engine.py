@@ -5,59 +5,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from memswarm import MemoryPeer, fake_peer_id, memory_swarm
+from memswarm import fake_peer_id, lockstep_round, memory_swarm
 
 from swarmtrain.peer.app.cli import main
 from swarmtrain.dht import CommitRecord, ResultRecord, Verdict, VoteRecord
 from swarmtrain.peer.config import max_samples, preset
-from swarmtrain.peer.round.clock import ManualClock, Phase
+from swarmtrain.peer.round.clock import Phase
 from swarmtrain.peer.round.decision import Vote, decide
-from swarmtrain.peer.round.engine import AGREE_READ_SHARE, PUBLISH_MARGIN_S
+from swarmtrain.peer.round.engine import PUBLISH_MARGIN_S
 from swarmtrain.peer.round.recompute import commitments_of
 from swarmtrain.peer.training.worker import TrainingWorker
 
 CONFIG = preset("smoke").replace(task="synthetic")
 
 
-def _lockstep_round(peers: list[MemoryPeer], clock: ManualClock, r: int, before: int, after: int,
-                    after_votes: Callable[[], None] | None = None) -> None:
-    """Every peer through round ``r`` phase by phase: ``before`` steps up to the commit
-    point, ``after`` more while the round is checked and merged (the overlap);
-    ``after_votes`` runs once every peer has voted."""
-    phases = peers[0].ctx.phases
-    for p in peers:
-        p.tracker.train(before)
-    clock.sleep_until(phases.deadline(r, Phase.TRAIN) - PUBLISH_MARGIN_S)
-    updates = {p.name: p.contributor.contribute(p.tracker.snapshot(), p.state.version) for p in peers}
-    for p in peers:
-        p.engine.commit(r, updates[p.name])
-    clock.sleep_until(phases.deadline(r, Phase.COMMIT))
-    verdicts = {p.name: p.engine.check_and_vote(r, p.state, updates[p.name]) for p in peers}
-    if after_votes is not None:
-        after_votes()
-    for p in peers:
-        p.tracker.train(after)
-    clock.sleep_until(phases.deadline(r, Phase.VOTE))
-    merged = {}
-    for p in peers:
-        decision, commits = p.engine.decide(r, p.state)
-        merged[p.name] = p.engine.merge(r, p.state, decision, commits, verdicts[p.name])
-    clock.sleep_until(phases.deadline(r, Phase.VOTE) + AGREE_READ_SHARE * CONFIG.timing.agree_s)
-    for p in peers:
-        new, _ = p.sync.agree(r, p.state, merged[p.name])
-        p.tracker.rebase(new.params, new.version)
-        p.state = new
-
-
 def test_peers_in_lockstep_agree_and_reject_the_faulty_one(tmp_path: Path) -> None:
     peers, clock, table = memory_swarm(tmp_path, CONFIG, ["a", "b", "c", "flip"], faults={"flip": "sign-flip"})
     losses = [peers[0].ctx.checker.loss(peers[0].state.params)]
     for r in range(3):
-        _lockstep_round(peers, clock, r, before=30, after=10)
+        lockstep_round(peers, clock, r, before=30, after=10)
         versions = {(p.state.version, p.state.checksum) for p in peers}
         assert len(versions) == 1, "every peer computes the same next version on its own"
         assert all(p.state.round == r + 1 for p in peers)
@@ -139,7 +108,7 @@ def test_a_late_joiner_replays_the_rounds_it_missed_and_never_commits_on_an_old_
     peers, clock, _ = memory_swarm(tmp_path, CONFIG, ["a", "b", "late"])
     *early, late = peers
     for r in range(2):
-        _lockstep_round(early, clock, r, before=20, after=5)
+        lockstep_round(early, clock, r, before=20, after=5)
     v2 = early[0].state
     # Nobody serves a state at all: replay needs only the records and the payloads. Without
     # the payloads the late peer knows V(2) exists but cannot re-derive it, so it must not
@@ -165,7 +134,7 @@ def test_a_late_joiner_replays_the_rounds_it_missed_and_never_commits_on_an_old_
 
 def test_a_minority_peer_that_cannot_resync_stays_on_the_version_it_agreed_on(tmp_path: Path) -> None:
     peers, clock, table = memory_swarm(tmp_path, CONFIG, ["a", "b", "c"])
-    _lockstep_round(peers, clock, 0, before=20, after=0)
+    lockstep_round(peers, clock, 0, before=20, after=0)
     a = peers[0]
     v1 = a.state
     # A majority for round 1 that nobody serves.
@@ -191,7 +160,7 @@ def test_a_commitment_published_after_the_commit_deadline_is_ignored(tmp_path: P
         table.rows.setdefault(("votes", 0), {})[late] = VoteRecord(voter=late, votes={
             c.digest: Verdict(accept=False, loss_delta=1.0, reason="late says no") for c in honest.values()})
 
-    _lockstep_round(peers, clock, 0, before=20, after=5, after_votes=late_commit_and_reject_everything)
+    lockstep_round(peers, clock, 0, before=20, after=5, after_votes=late_commit_and_reject_everything)
     history = peers[0].ctx.store.commit(peers[0].state.version.hex())
     assert len(history.accepted) == 4 and late not in {c.peer_id for c in history.contributions}
     assert len({(p.state.version, p.state.checksum) for p in peers}) == 1
@@ -206,7 +175,7 @@ def test_a_majority_state_that_is_not_the_model_is_refused_even_with_a_matching_
     from swarmtrain.peer.round.state import checksum_of
     from swarmtrain.peer.store.state import pack_state
     peers, clock, table = memory_swarm(tmp_path, CONFIG, ["a", "b", "c"])
-    _lockstep_round(peers, clock, 0, before=20, after=0)
+    lockstep_round(peers, clock, 0, before=20, after=0)
     a = peers[0]
     v1 = a.state
     forged = {"evil": torch.full((4,), 1e30, dtype=torch.float64)}
@@ -229,7 +198,7 @@ def test_a_state_is_fetched_from_several_holders_at_once_and_bad_ones_are_skippe
     from swarmtrain.peer.exchange.errors import FetchTimeout
     peers, clock, table = memory_swarm(tmp_path, CONFIG, ["a", "b", "c", "late"])
     *early, late = peers
-    _lockstep_round(early, clock, 0, before=20, after=0)
+    lockstep_round(early, clock, 0, before=20, after=0)
     v1 = early[0].state
     exchange = late.ctx.exchange
     requested: list[str] = []
@@ -268,7 +237,7 @@ def test_a_repeat_offender_is_cooled_off_and_its_updates_are_not_downloaded(
     peers, clock, table = memory_swarm(tmp_path, CONFIG, ["a", "b", "c", "nan"], faults={"nan": "nan"})
     offender = fake_peer_id("nan")
     for r in range(5):
-        _lockstep_round(peers, clock, r, before=20, after=5)
+        lockstep_round(peers, clock, r, before=20, after=5)
     for p in peers[:3]:
         entries = [p.ctx.store.commit(p.state.version.hex())]
         while entries[-1].parent_id is not None:
@@ -299,11 +268,11 @@ def test_a_repeat_offender_is_cooled_off_and_its_updates_are_not_downloaded(
 
 def test_in_a_swarm_that_prices_identities_a_commitment_without_the_work_is_refused(tmp_path: Path) -> None:
     config = CONFIG.replace(vote=dataclasses.replace(CONFIG.vote, identity_bits=10))
-    peers, clock, table = memory_swarm(tmp_path, config, ["a", "b", "c", "free"], no_work=frozenset({"free"}))
+    peers, clock, table = memory_swarm(tmp_path, config, ["a", "b", "c", "free"], faults={"free": "free-identity"})
     free = fake_peer_id("free")
     for r in range(2):
-        _lockstep_round(peers, clock, r, before=20, after=5)
-        assert table.rows[("commits", r)][free].work == 0  # it did commit
+        lockstep_round(peers, clock, r, before=20, after=5)
+        assert free in table.rows[("commits", r)]  # it did commit
         assert len({p.state.version for p in peers}) == 1
         entry = peers[0].ctx.store.commit(peers[0].state.version.hex())
         refused = next(c for c in entry.contributions if c.peer_id == free)
@@ -311,3 +280,14 @@ def test_in_a_swarm_that_prices_identities_a_commitment_without_the_work_is_refu
         assert {c.peer_id for c in entry.accepted} == {fake_peer_id(n) for n in "abc"}
         # Refused before the checker draw: nobody downloaded its update.
         assert not any(who == free for p in peers[:3] for who, _, _ in p.ctx.exchange.fetched)  # type: ignore[attr-defined]
+
+
+def test_payloads_kept_for_fewer_rounds_than_missed_cannot_be_replayed(tmp_path: Path) -> None:
+    """`join --keep-payloads ROUNDS` bounds how far back others can replay from this peer."""
+    peers, clock, _ = memory_swarm(tmp_path, CONFIG, ["a", "b", "late"], keep_payload_rounds=1)
+    *early, late = peers
+    for r in range(3):
+        lockstep_round(early, clock, r, before=10, after=0)
+    stuck = late.sync.catch_up(3, late.state)
+    assert stuck.version == late.state.version  # round 0's payloads are gone everywhere
+    assert any("cannot re-derive" in line for line in late.lines)
