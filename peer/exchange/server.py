@@ -52,6 +52,12 @@ class ProviderFailed(RuntimeError):
     """A blob provider raised or returned something that is not bytes."""
 
 
+class BlobNotReady(Exception):
+    """Raised by a provider whose blob exists but may not be served yet (an update before
+    its round's commit deadline). The client is told "busy" and retries within its own
+    deadline, as it does for a server with no free slot."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredBlob:
     """One offered blob: its bytes, or the provider that produces them."""
@@ -286,6 +292,9 @@ class BlobServer:
         else:
             try:
                 data = await self._run_provider(entry)
+            except BlobNotReady as exc:
+                await self._refuse(writer, ERR_BUSY, f"{request.kind} {request.digest_hex[:16]} is not served yet: {exc}")
+                return
             except ProviderFailed as exc:
                 logger.warning("provider for %s %s failed: %s", request.kind, request.digest_hex, exc)
                 await self._refuse(writer, ERR_UNAVAILABLE, f"could not produce the {request.kind} blob now")
@@ -305,6 +314,8 @@ class BlobServer:
         try:
             # A worker thread: producing a large state must not stall other streams.
             data = await loop.run_in_executor(None, entry.provider)
+        except BlobNotReady:
+            raise
         except Exception as exc:  # the provider is user code; its failure is reported, not hidden
             raise ProviderFailed(f"provider raised {exc!r}") from exc
         if not isinstance(data, (bytes, bytearray, memoryview)):

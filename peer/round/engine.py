@@ -96,7 +96,8 @@ class RoundEngine:
         # Kept (and served from disk) like the payloads this peer merges: checkers fetch
         # it now, and peers that replay the round fetch it later.
         self.payloads.prune(r)
-        self.payloads.keep(r, update.committed_digest, update.payload)
+        self.payloads.keep(r, update.committed_digest, update.payload,
+                           reveal_at=self.ctx.phases.deadline(r, Phase.COMMIT))
         self.ctx.records.publish_commit(r, CommitRecord(
             peer_id=self.ctx.peer_id, digest=update.committed_digest.hex(), size=len(update.payload),
             samples=max(1, update.samples), base_version=update.base_version.hex(),

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from swarmtrain.peer.exchange.errors import DigestMismatch, FetchError
+from swarmtrain.peer.exchange.server import BlobNotReady
 from swarmtrain.peer.round.context import RoundContext
 from swarmtrain.peer.store.errors import StoreError
 from swarmtrain.peer.store.payloads import PayloadHistory
@@ -32,10 +33,12 @@ class Payloads:
         self.failures: dict[bytes, str] = {}  # why a fetch from the author failed, this round
         self._warned = False
         for digest in history.digests():
-            self._serve_kept(digest)
+            self._serve_kept(digest, None)
 
-    def keep(self, round_: int, digest: bytes, payload: bytes) -> None:
-        """Keep and serve ``payload`` (verified against ``digest``) as part of round ``round_``."""
+    def keep(self, round_: int, digest: bytes, payload: bytes, *, reveal_at: float | None = None) -> None:
+        """Keep and serve ``payload`` (verified against ``digest``) as part of round ``round_``;
+        with ``reveal_at``, others asking before that time (on this peer's clock) are told
+        to retry (see :meth:`_serve_kept`)."""
         self._cache[digest] = payload
         try:
             self.history.put(round_, digest.hex(), payload)
@@ -45,9 +48,12 @@ class Payloads:
             if not self._warned:
                 self.ctx.announce(f"could not keep update payloads for replay: {error}")
                 self._warned = True
-            self.ctx.exchange.serve("update", digest.hex(), payload)
+            if reveal_at is None:
+                self.ctx.exchange.serve("update", digest.hex(), payload)  # bounded by the exchange's store
+            else:
+                self._serve(digest.hex(), lambda: payload, reveal_at)  # this peer's own, one a round
             return
-        self._serve_kept(digest.hex())
+        self._serve_kept(digest.hex(), reveal_at)
 
     def prune(self, current_round: int) -> None:
         for digest in self.history.prune(current_round):
@@ -104,12 +110,28 @@ class Payloads:
                     else f"payload not downloaded ({type(error).__name__})")
             return None
 
-    def _serve_kept(self, digest_hex: str) -> None:
+    def _serve_kept(self, digest_hex: str, reveal_at: float | None) -> None:
         history = self.history
 
-        def provide() -> bytes:
+        def read() -> bytes:
             data = history.get(digest_hex)
             if data is None:
                 raise LookupError(f"update {digest_hex[:12]} is no longer kept")
             return data
+        self._serve(digest_hex, read, reveal_at)
+
+    def _serve(self, digest_hex: str, read: Callable[[], bytes], reveal_at: float | None) -> None:
+        """Serve an update through ``read``; not before ``reveal_at``.
+
+        Commit, then reveal: an author's update is served only from its round's commit
+        deadline on, when every commitment of the round is in (the others freeze the
+        round's set as they read it then). Nobody can fetch an honest update during the
+        commit phase and commit a perturbed copy of it as their own in the same round.
+        """
+        clock = self.ctx.clock
+
+        def provide() -> bytes:
+            if reveal_at is not None and clock.time() < reveal_at:
+                raise BlobNotReady(f"revealed at the commit deadline, in {reveal_at - clock.time():.2f} s")
+            return read()
         self.ctx.exchange.serve_provider("update", digest_hex, provide)

@@ -33,6 +33,7 @@ from swarmtrain.peer.exchange.service import (
     fetch_blob,
 )
 from swarmtrain.peer.exchange.client import ClientStats
+from swarmtrain.peer.exchange.server import BlobNotReady
 from swarmtrain.peer.exchange.streams import read_frame, write_frame
 from swarmtrain.protocol.framing import (
     MAX_REQUEST_FRAME,
@@ -270,6 +271,31 @@ def test_a_busy_server_says_so_and_the_client_retries_until_a_slot_frees(exchang
         assert slow.result(20) == data and waiting.result(20) == data
     finally:
         release.set()
+        a.submit(server.stop()).result(10)
+
+
+def test_a_blob_not_revealed_yet_is_busy_and_the_client_gets_it_once_revealed(
+        exchanges: tuple[Exchange, Exchange]) -> None:
+    """An update asked for before its round's commit deadline: the server answers "busy"
+    (its provider raises BlobNotReady) and the client retries until it is served."""
+    a, b = exchanges
+    data, digest = make_blob(10, seed=11)
+    reveal_at = time.monotonic() + 1.5
+
+    def provide() -> bytes:
+        if time.monotonic() < reveal_at:
+            raise BlobNotReady("revealed at the commit deadline")
+        return data
+    store = BlobStore(max_bytes=MiB, max_entries=4)
+    store.put_provider("update", digest, provide)
+    server = BlobServer(store, protocol="test.reveal", request_timeout=1)
+    a.submit(server.start(a.p2p)).result(10)
+    try:
+        got = b.submit(fetch_blob(b.p2p, a.peer_id, "update", digest, max_size=MiB, timeout=20,
+                                  protocol="test.reveal")).result(20)
+        assert got == data and time.monotonic() >= reveal_at
+        assert server.stats.requests_refused >= 1  # told to wait at least once, never failed
+    finally:
         a.submit(server.stop()).result(10)
 
 

@@ -21,7 +21,8 @@ import base58
 from swarmtrain.dht import CommitRecord, PeerRecord, ResultRecord, VoteRecord
 from swarmtrain.peer.config import SwarmConfig
 from swarmtrain.peer.exchange.client import Progress
-from swarmtrain.peer.exchange.errors import BlobNotFound, BlobTooLarge
+from swarmtrain.peer.exchange.errors import BlobNotFound, BlobTooLarge, PeerBusy
+from swarmtrain.peer.exchange.server import BlobNotReady
 from swarmtrain.peer.exchange.service import ExchangeStats
 from swarmtrain.peer.round.check import Checker
 from swarmtrain.peer.round.clock import ManualClock, Phase, PhaseClock
@@ -105,7 +106,10 @@ class MemoryExchange:
         blob = self.blobs.get((peer_id, kind, digest_hex))
         if blob is None:
             raise BlobNotFound(f"{peer_id} does not serve {kind} {digest_hex[:12]}", peer_id=peer_id)
-        data = blob() if callable(blob) else blob
+        try:
+            data = blob() if callable(blob) else blob
+        except BlobNotReady as error:  # what the real server answers: "busy", retry later
+            raise PeerBusy(f"{peer_id} is not serving {kind} {digest_hex[:12]} yet: {error}", peer_id=peer_id) from error
         assert isinstance(data, bytes)
         if len(data) > max_size:
             raise BlobTooLarge(f"{len(data)} > {max_size}", peer_id=peer_id)

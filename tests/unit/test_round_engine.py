@@ -11,6 +11,7 @@ import pytest
 from memswarm import fake_peer_id, lockstep_round, memory_swarm
 
 from swarmtrain.peer.app.cli import main
+from swarmtrain.peer.exchange.errors import PeerBusy
 from swarmtrain.dht import CommitRecord, ResultRecord, Verdict, VoteRecord
 from swarmtrain.peer.config import max_samples, preset
 from swarmtrain.peer.round.clock import Phase
@@ -291,3 +292,21 @@ def test_payloads_kept_for_fewer_rounds_than_missed_cannot_be_replayed(tmp_path:
     stuck = late.sync.catch_up(3, late.state)
     assert stuck.version == late.state.version  # round 0's payloads are gone everywhere
     assert any("cannot re-derive" in line for line in late.lines)
+
+
+def test_an_update_is_served_only_from_its_rounds_commit_deadline(tmp_path: Path) -> None:
+    """Commit, then reveal: during the commit phase nobody can fetch an honest update to
+    commit a perturbed copy of it in the same round."""
+    peers, clock, _ = memory_swarm(tmp_path, CONFIG, ["a", "copier"])
+    author, copier = peers
+    author.tracker.train(5)
+    phases = author.ctx.phases
+    clock.sleep_until(phases.deadline(0, Phase.TRAIN))
+    update = author.contributor.contribute(author.tracker.snapshot(), author.state.version)
+    author.engine.commit(0, update)
+    with pytest.raises(PeerBusy, match="not serving update"):
+        copier.ctx.exchange.fetch(author.ctx.peer_id, "update", update.committed_digest.hex(),
+                                  max_size=1 << 24, timeout=1.0)
+    clock.sleep_until(phases.deadline(0, Phase.COMMIT))
+    assert copier.ctx.exchange.fetch(author.ctx.peer_id, "update", update.committed_digest.hex(),
+                                     max_size=1 << 24, timeout=1.0) == update.payload
