@@ -20,7 +20,6 @@ replay's cost does not depend on how long the rounds trained.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import platform
 import sys

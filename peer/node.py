@@ -27,6 +27,7 @@ from swarmtrain.peer.exchange.service import Exchange, ExchangeConfig
 from swarmtrain.peer.round.check import Checker
 from swarmtrain.peer.round.clock import Clock, Phase, PhaseClock, SystemClock
 from swarmtrain.peer.round.context import RoundContext
+from swarmtrain.peer.round.copies import copycat_source
 from swarmtrain.peer.round.engine import AGREE_READ_SHARE, PUBLISH_MARGIN_S, RoundEngine, RoundSummary
 from swarmtrain.peer.round.state import ModelState, genesis_state, load_version
 from swarmtrain.peer.round.sync import StateSync
@@ -335,6 +336,10 @@ class Node:
                     continue
                 self.heartbeat(role="training")
                 clock.sleep_until(commit_at)
+                if faults.copies(self.options.fault):
+                    self.contributor.copy_source = copycat_source(
+                        self.engine.merged_into(self.state), self.contributor.last_digest,
+                        self.state.params, self.config.codec)
                 update = self.contributor.contribute(self.worker.snapshot(), self.state.version)
                 if faults.commits_late(self.options.fault):
                     clock.sleep_until(phases.deadline(r, Phase.COMMIT) + LATE_COMMIT_S)

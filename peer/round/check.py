@@ -15,6 +15,7 @@ from torch import Tensor
 from swarmtrain.peer.config import SwarmConfig, max_samples
 from swarmtrain.peer.training.tasks import Task
 from swarmtrain.peer.training.trainer import evaluate_loss
+from swarmtrain.peer.round.copies import near_copies
 from swarmtrain.peer.round.decision import merge_weight
 from swarmtrain.peer.round.validity import InvalidUpdate, open_update
 from swarmtrain.peer.round.vote import Verdict, judge, reference_norm, reject
@@ -74,6 +75,7 @@ class Checker:
         loss_before: float | None = None,
         own_norms: Iterable[float] = (),
         round_samples: int | None = None,
+        merged_last_round: Mapping[bytes, bytes] | None = None,
     ) -> dict[bytes, Verdict]:
         """Verdicts keyed by committed digest for the updates this peer was assigned.
 
@@ -82,6 +84,9 @@ class Checker:
         neither one outlier in a tiny swarm nor many junk updates can drag it.
         ``round_samples``: the merge weights of all the round's commitments together
         (default: those of ``submissions``); each update is judged at its real share.
+        ``merged_last_round``: payloads merged into ``version``, by digest: an update that
+        is a near-copy of one of them, or of another update checked here, is rejected
+        (:mod:`.copies`).
         """
         subs = list(submissions)
         decoded: dict[bytes, dict[str, Tensor]] = {}
@@ -92,6 +97,11 @@ class Checker:
                 verdicts[sub.committed_digest] = result
             else:
                 decoded[sub.committed_digest] = result
+        if not decoded:
+            return verdicts
+        for digest, why in near_copies(decoded, self._open_all(merged_last_round or {}, params)).items():
+            verdicts[digest] = reject(why)
+            del decoded[digest]
         if not decoded:
             return verdicts
         cap = max_samples(self.config)
@@ -106,6 +116,18 @@ class Checker:
                 step_scale=self.config.outer.lr * weight[digest] / total,
             )
         return verdicts
+
+
+    def _open_all(self, payloads: Mapping[bytes, bytes], params: Mapping[str, Tensor]) -> dict[bytes, dict[str, Tensor]]:
+        """Payloads this peer merged, opened again to compare against (one that does not
+        open was refused at merge and was never part of the model)."""
+        opened = {}
+        for digest, payload in payloads.items():
+            try:
+                opened[digest] = open_update(payload, params=params, codec=self.config.codec)
+            except InvalidUpdate:
+                continue
+        return opened
 
 
 def colluding_verdicts(fellows: Mapping[bytes, bool]) -> dict[bytes, Verdict]:

@@ -122,6 +122,13 @@ class RoundEngine:
         return cooling_off([(c.round, c.contributions)
                             for c in self.ctx.store.lineage(state.version.hex(), OFFENCE_WINDOW)])
 
+    def merged_into(self, state: ModelState) -> dict[bytes, bytes]:
+        """The payloads merged into ``state`` that this peer holds (near-copies of them are
+        rejected: :mod:`.copies`)."""
+        lineage = self.ctx.store.lineage(state.version.hex(), 1)
+        accepted = [bytes.fromhex(c.digest) for c in lineage[0].accepted] if lineage else []
+        return self.payloads.held(accepted)
+
     def check_and_vote(self, r: int, state: ModelState, update: LocalUpdate) -> dict[bytes, Verdict]:
         """After the commit deadline: fetch what this peer must check, check it, vote."""
         ctx = self.ctx
@@ -151,7 +158,8 @@ class RoundEngine:
         # (measured at the merge that made them, on the same held-out batches).
         verdicts = ctx.checker.check_round(state.params, state.version, submissions, seen=self._seen,
                                            loss_before=state.validation_loss, own_norms=[update.sent_norm],
-                                           round_samples=round_weight(admitted, max_samples(ctx.config)))
+                                           round_samples=round_weight(admitted, max_samples(ctx.config)),
+                                           merged_last_round=self.merged_into(state))
         if verdicts:
             ctx.records.publish_votes(r, ballot(ctx.peer_id, verdicts))
         return verdicts

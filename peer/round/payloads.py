@@ -62,6 +62,15 @@ class Payloads:
     def cached(self, digest: bytes) -> bytes | None:
         return self._cache.get(digest)
 
+    def held(self, digests: Sequence[bytes]) -> dict[bytes, bytes]:
+        """Those of ``digests`` this peer holds (this round's cache or the kept history)."""
+        out = {}
+        for digest in digests:
+            payload = self._cache.get(digest) or self.history.get(digest.hex())
+            if payload is not None:
+                out[digest] = payload
+        return out
+
     def forget(self, keep: set[bytes]) -> None:
         """Drop cached payloads other than ``keep`` (they stay on disk while kept)."""
         self._cache = {d: p for d, p in self._cache.items() if d in keep}
@@ -75,9 +84,8 @@ class Payloads:
         A payload that no source gave maps to None; why its first source failed is kept
         in :attr:`failures` (a checker's reason to reject).
         """
-        out: dict[bytes, bytes | None] = {}
-        for digest in wanted:
-            out[digest] = self._cache.get(digest) or self.history.get(digest.hex())
+        held = self.held(list(wanted))
+        out: dict[bytes, bytes | None] = {digest: held.get(digest) for digest in wanted}
         todo = {d: list(sources) for d, sources in wanted.items() if out[d] is None and sources}
         attempt = 0
         while todo:

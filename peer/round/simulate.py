@@ -17,6 +17,7 @@ from torch import Tensor
 from swarmtrain.peer.config import SwarmConfig, max_samples
 from swarmtrain.peer.round.check import Checker, Submission, colluding_verdicts
 from swarmtrain.peer.round.decision import Commitment, Vote, admit, checker_table, decide, round_weight
+from swarmtrain.peer.round.copies import copycat_source
 from swarmtrain.peer.round.merge import merge_round
 from swarmtrain.peer.round.offences import OFFENCE_WINDOW, cooling_off
 from swarmtrain.peer.round.recompute import contributions_of
@@ -130,6 +131,7 @@ class Simulation:
         self._standing: frozenset[str] = frozenset({self.peers[0].name}) if self.peers else frozenset()
         # Each peer's own history entries of the latest rounds (who is cooling off, as it sees it).
         self._entries: dict[str, list[tuple[int, tuple[Contribution, ...]]]] = {p.name: [] for p in self.peers}
+        self._merged: dict[bytes, bytes] = {}  # payloads merged into the current version
         # A swarm that prices identities: each virtual peer does the work once, on the
         # genesis version (a networked swarm salts it with the genesis record's digest).
         bits = config.vote.identity_bits
@@ -151,6 +153,10 @@ class Simulation:
         after = round(self.overlap * self.config.train.inner_steps)
         self._train(self.config.train.inner_steps - after)
         present = [p for p in self.peers if self.round >= self.attack_from or p.contributor.fault is None]
+        for peer in present:
+            if faults.copies(peer.contributor.fault):
+                peer.contributor.copy_source = copycat_source(self._merged, peer.contributor.last_digest,
+                                                              self.params, self.config.codec)
         updates = {p.name: p.contributor.contribute(p.tracker.snapshot(), self.version) for p in present}
         self._train(after)  # on a network: while the round is checked, voted and merged
         submissions = {
@@ -180,7 +186,7 @@ class Simulation:
             verdicts = own[peer.name] = peer.checker.check_round(
                 self.params, self.version, mine, seen=self._seen,
                 own_norms=[updates[peer.name].sent_norm],
-                round_samples=round_weight(admitted, cap),
+                round_samples=round_weight(admitted, cap), merged_last_round=self._merged,
             )
             ballots[peer.name] = {d: Vote(v.accept, v.reason) for d, v in verdicts.items()}
         decision = decide(self.round, self.version, commitments, ballots,
@@ -190,6 +196,7 @@ class Simulation:
                              {d: (decision.weights[d], submissions[d].payload or b"") for d in decision.accepted},
                              self.outer, codec=self.config.codec, clip_ratio=self.config.vote.max_norm_ratio)
         result = merged.version
+        self._merged = {d: submissions[d].payload or b"" for d in result.accepted}
         for name, verdicts in own.items():
             entries = self._entries[name]
             entries.append((self.round, contributions_of(decision, commitments, merged, verdicts)))

@@ -55,6 +55,14 @@ class Contributor:
         self._generator = torch.Generator().manual_seed(0x5EED + stream_seed)
         self._previous: LocalUpdate | None = None
         self._previous_base: tuple[dict[str, Tensor], bytes] | None = None
+        # ``copycat`` only: the decoded update it resends this round (set by the driver
+        # from what was merged last round; None in a swarm's first round).
+        self.copy_source: Mapping[str, Tensor] | None = None
+
+    @property
+    def last_digest(self) -> bytes | None:
+        """The digest of the update this peer sent last, if any."""
+        return None if self._previous is None else self._previous.digest
 
     def contribute(self, snap: Snapshot, version: bytes) -> LocalUpdate:
         """This round's update from ``snap``, for the round of version ``version``.
@@ -88,7 +96,10 @@ class Contributor:
         # of an update that looks like everyone else's.
         self.feedback.settle(sent)
         honest_norm = update_norm(sent)
-        if faults.corrupts_tensors(mode):
+        if faults.copies(mode) and self.copy_source is not None:
+            payload, sent = encode_update_and_reconstruct(faults.perturbed_copy(self.copy_source, self._generator),
+                                                          density=codec.density, bits=codec.bits, chunk=codec.chunk)
+        elif faults.corrupts_tensors(mode):
             bad = faults.corrupt(mode, to_send, self._generator)
             payload, sent = encode_update_and_reconstruct(bad, density=codec.density, bits=codec.bits,
                                                           chunk=codec.chunk, metadata=faults.metadata(mode, self._generator),

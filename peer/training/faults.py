@@ -30,6 +30,8 @@ FAULT_MODES: dict[str, str] = {
     "late-commit": "commit-set freeze (commits after the commit deadline; ignored by the others)",
     "collude": "checks by peers with standing (sends sign-flipped updates; as a checker accepts its "
                "fellow colluders' and rejects everyone else's)",
+    "copycat": "near-copy check (resends an update merged last round, another peer's, with 1 % noise: "
+               "a new digest, no training)",
     "free-identity": "identity price (commits without the proof of work that a swarm started with "
                      "--identity-bits N asks for; in a swarm without one it is an honest peer)",
 }
@@ -111,6 +113,28 @@ def reported_train_loss(mode: str | None, train_loss: float) -> float:
 
 def is_colluder_commitment(train_loss: float) -> bool:
     return train_loss == COLLUDER_MARK
+
+
+COPY_NOISE = 0.01  # a copycat's noise, relative to each tensor's norm
+
+
+def copies(mode: str | None) -> bool:
+    """Whether the peer sends a perturbed copy of an update merged last round."""
+    return mode == "copycat"
+
+
+def pick_copy(merged: Mapping[bytes, bytes], own: bytes | None) -> bytes | None:
+    """The payload a copycat resends: the first merged last round that is not its own."""
+    return next((merged[d] for d in sorted(merged) if d != own), None)
+
+
+def perturbed_copy(source: Mapping[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
+    """``source`` with noise of :data:`COPY_NOISE` of each tensor's norm: a new digest."""
+    out = {}
+    for name, t in source.items():
+        noise = torch.randn(t.shape, generator=generator, dtype=torch.float32)
+        out[name] = t.to(torch.float32) + noise * (COPY_NOISE * t.norm() / noise.norm().clamp_min(1e-12))
+    return out
 
 
 def skips_work(mode: str | None) -> bool:

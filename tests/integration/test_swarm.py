@@ -172,22 +172,26 @@ def test_a_swarm_whose_peers_all_stopped_resumes_from_their_versions(tmp_path: P
 
 
 @pytest.mark.timeout(200)
-def test_a_swarm_that_prices_identities_refuses_a_peer_without_the_work(tmp_path: Path) -> None:
+def test_a_swarm_that_prices_identities_refuses_a_free_identity_and_a_copycat(tmp_path: Path) -> None:
     """A swarm started with --identity-bits 16: the two peers that prove the work on their
     ids are merged every round; a peer that commits without it (`--fault free-identity`)
-    is refused by both before any check, and the two agree."""
+    is refused before any check; a peer that resends last round's update of another with
+    1 % noise (`--fault copycat`) is rejected as a near-copy; the honest two agree.
+    (Two attacks in one swarm: each real swarm costs CI a minute.)"""
     swarm = Swarm(tmp_path, "itest-work")
     priced = [*SMOKE, "--identity-bits", "16", "--rounds", "2"]
     try:
         address = swarm.start("a", *priced, "--start-delay", "25").address()
         swarm.start("b", *priced, "--initial-peers", address)
         swarm.start("free", *priced, "--initial-peers", address, "--fault", "free-identity")
-        swarm.wait("a", "b", "free", timeout=170)
+        swarm.start("copy", *priced, "--initial-peers", address, "--fault", "copycat")
+        swarm.wait("a", "b", "free", "copy", timeout=170)
     finally:
         swarm.stop_all()
 
     free_id = _peer_id(swarm.peers["free"].log_text())
-    for name in ("a", "b"):
+    copy_id = _peer_id(swarm.peers["copy"].log_text())
+    for name in ("a", "b", "copy"):
         assert "proof of work on this identity (16 bits)" in swarm.peers[name].log_text()
     assert "proof of work on this identity" not in swarm.peers["free"].log_text()
     a, b = by_round(tmp_path / "a"), by_round(tmp_path / "b")
@@ -196,4 +200,9 @@ def test_a_swarm_that_prices_identities_refuses_a_peer_without_the_work(tmp_path
         assert (commit.version_id, commit.state_checksum) == (b[r].version_id, b[r].state_checksum)
         refused = [c for c in commit.contributions if c.peer_id == free_id]
         assert len(refused) == 1 and refused[0].reason == "no proof of work on its identity (16 bits)", commit
-        assert len(commit.accepted) == 2 and free_id not in {c.peer_id for c in commit.accepted}
+        assert free_id not in {c.peer_id for c in commit.accepted}
+    # Round 0 has nothing older to copy (its update there is honest); in round 1 it
+    # resends one of round 0's merged updates and is rejected for it.
+    copied = next(c for c in a[1].contributions if c.peer_id == copy_id)
+    assert not copied.accepted and "near-copy of update" in copied.reason, copied
+    assert {c.peer_id for c in a[1].accepted} == {_peer_id(swarm.peers[n].log_text()) for n in ("a", "b")}

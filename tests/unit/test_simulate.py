@@ -11,8 +11,8 @@ from swarmtrain.peer.training import faults
 from swarmtrain.peer.training.faults import FAULT_MODES
 from swarmtrain.peer.round.simulate import Simulation
 
-# Modes whose first round is honest by construction (nothing to replay / no older base yet).
-WARMUP_MODES = {"replay": 1, "stale-base": 1}
+# Modes whose first round is honest by construction (nothing to replay, copy or base on yet).
+WARMUP_MODES = {"replay": 1, "stale-base": 1, "copycat": 1}
 
 
 def _compressed(config: SwarmConfig) -> SwarmConfig:
