@@ -37,6 +37,10 @@ __all__ = ["BootstrapMetrics", "Metrics", "MetricsPortError", "PeerMetrics", "RE
 # (category, words any of which in a reason put it there), first match wins. Ordered so
 # that specific causes come before the generic "loss" and "norm" words.
 _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # First: these name the reason of an earlier offence, whose words come after them.
+    ("cooling_off", ("cooling off",)),
+    ("no_work", ("no proof of work",)),
+    ("near_copy", ("near-copy of",)),
     ("not_downloaded", ("not downloaded", "could not be fetched")),
     ("digest_mismatch", ("digest mismatch",)),
     ("stale_base", ("stale base",)),

@@ -63,6 +63,10 @@ REAL_REASONS = {
     "held-out loss rose by 0.0312": "loss",
     "loss not finite after update": "loss",
     "majority rejected": "majority",
+    "cooling off: 3 offences in the last 8 rounds, latest: held-out loss rose by 0.0312": "cooling_off",
+    "no proof of work on its identity (16 bits)": "no_work",
+    "near-copy of update 0a1b2c3d4e5f merged last round (cosine 0.998)": "near_copy",
+    "checkers: near-copy of update 0a1b2c3d4e5f of this round (cosine 0.97)": "near_copy",
 }
 
 
