@@ -24,6 +24,7 @@ from swarmtrain.peer.metrics import PeerMetrics, recorded_contributions
 from swarmtrain.dht.schemas import LOSS_TREND_LEN
 from swarmtrain.peer.config import SwarmConfig
 from swarmtrain.peer.exchange.service import Exchange, ExchangeConfig
+from swarmtrain.peer.basemodel import BaseFetchError, fetch_base, serve_base
 from swarmtrain.peer.round.check import Checker
 from swarmtrain.peer.round.clock import Clock, Phase, PhaseClock, SystemClock
 from swarmtrain.peer.round.context import RoundContext
@@ -90,6 +91,7 @@ class NodeOptions:
     # other candidate, a back-dated one included, can capture this peer.
     genesis_digest: str | None = None
     trust_states: bool = False         # --trust-state: take a state that cannot be replayed on its holders' word
+    fetch_base: bool = False           # --fetch-base: an hf: model directory without weights gets them from peers
     keep_payload_rounds: int = HISTORY_ROUNDS  # --keep-payloads: rounds of merged payloads kept for others' replay
     data: tuple[Path, ...] = ()        # this peer's text files for an hf: task (--data)
     nat: NatOptions = field(default_factory=NatOptions)  # relays, hole punching, announced addresses
@@ -122,9 +124,15 @@ class Node:
             self.exchange = Exchange.start(self.dht, ExchangeConfig(allowed_peers=allowed))
             self.genesis = self._establish_genesis()
             self.config = check_genesis(self.genesis, insisted=self.options.config)  # hf: this machine's path
+            if self.config.task.startswith(HF_PREFIX):
+                self.config = self._base_weights(self.config)
             self.phases = PhaseClock(self.genesis.genesis_time, self.config.timing)
             self.store = VersionStore(self.data_dir / "versions")
             self.task = load_task(self.config, data=self.options.data)
+            if self.config.task.startswith(HF_PREFIX):  # for joiners that have only the config
+                from swarmtrain.peer.training.tasks.hf import model_dir
+
+                serve_base(self.exchange, model_dir(self.config.task), self.genesis.initial_checksum)
             self.state = self._initial_state()
             seed = int.from_bytes(self.identity.peer_id.encode()[-6:], "big")
             self.contributor = Contributor(self.config, stream_seed=seed, fault=options.fault)
@@ -148,6 +156,41 @@ class Node:
             raise
 
     # --- start-up --------------------------------------------------------------------
+
+    def _base_weights(self, config: SwarmConfig) -> SwarmConfig:
+        """With --fetch-base and a model directory without weights: the swarm's base
+        weights, fetched from its peers and verified against the genesis (the task then
+        reads them from this data dir's copy). Otherwise ``config`` as it is."""
+        from swarmtrain.peer.training.tasks.hf import has_weights, model_dir
+
+        path = model_dir(config.task)
+        if has_weights(path) or not self.options.fetch_base:
+            return config
+
+        def verify(candidate: Path) -> str | None:
+            trial = config.replace(task=f"{HF_PREFIX}{candidate}")
+            checksum = genesis_state(load_task(trial), trial).checksum.hex()
+            if checksum == self.genesis.initial_checksum:
+                return None
+            return f"the model built from them has checksum {checksum[:12]}, the genesis pins " \
+                   f"{self.genesis.initial_checksum[:12]}"
+        assert self.exchange is not None
+        try:
+            fetched = fetch_base(self.exchange, self._peers_to_ask(), self.genesis.initial_checksum, path,
+                                 self.data_dir, verify, self.options.announce)
+        except BaseFetchError as error:
+            raise JoinError(str(error)) from error
+        return config.replace(task=f"{HF_PREFIX}{fetched}")
+
+    def _peers_to_ask(self, wait_s: float = 30.0) -> list[str]:
+        """Other peers of the swarm by their heartbeats, waiting up to ``wait_s`` for one."""
+        clock = self.options.clock
+        until = clock.time() + wait_s
+        while True:
+            others = sorted(p for p in self.records.peers() if p != self.identity.peer_id)
+            if others or clock.time() >= until:
+                return others
+            clock.sleep_until(clock.time() + 1.0)
 
     def _identity_work(self) -> tuple[IdentityWork | None, int]:
         """The swarm's price of an identity, and this peer's proof of it (found once per
@@ -238,8 +281,13 @@ class Node:
         genesis = genesis_state(self.task, self.config)
         checksum = genesis.checksum.hex()
         if checksum != self.genesis.initial_checksum and self.config.task.startswith(HF_PREFIX):
+            from swarmtrain.peer.training.tasks.hf import has_weights, model_dir
+
+            hint = ("" if has_weights(model_dir(self.config.task))
+                    else ", or join with --fetch-base to download the weights from the swarm's peers")
             raise JoinError(f"your model directory differs from the swarm's (checksum {checksum[:12]} vs "
-                            f"{self.genesis.initial_checksum[:12]}); use the swarm's model files (config and weights)")
+                            f"{self.genesis.initial_checksum[:12]}); use the swarm's model files (config and weights)"
+                            + hint)
         if checksum != self.genesis.initial_checksum:
             raise JoinError(f"this machine builds a different initial model for task {self.config.task!r} "
                             f"(checksum {checksum[:12]} vs the genesis' {self.genesis.initial_checksum[:12]}); "

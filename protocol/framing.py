@@ -57,8 +57,9 @@ MAX_RESPONSE_FRAME: Final = 8 * KiB
 # Largest blob the protocol can describe at all; callers pass a much smaller cap.
 MAX_BLOB_SIZE: Final = 1 << 40
 
-BlobKind = Literal["update", "state"]
-BLOB_KINDS: Final[tuple[str, ...]] = ("update", "state")
+BlobKind = Literal["update", "state", "base"]
+# "base": a Hugging Face model's base weights file, for joiners with --fetch-base.
+BLOB_KINDS: Final[tuple[str, ...]] = ("update", "state", "base")
 
 # Digests are lowercase hex of 16..64 bytes (BLAKE2b-256 gives 64 hex characters). One
 # canonical spelling, so a blob has exactly one key in a store.

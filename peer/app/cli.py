@@ -90,6 +90,12 @@ def _add_data_option(parser: argparse.ArgumentParser) -> None:
                         help="hf: tasks: this peer's text files, directories of them, or JSONL with a \"text\" field")
 
 
+def _add_fetch_base_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fetch-base", action="store_true",
+                        help="hf: tasks: when the model directory has no weights, download the swarm's base "
+                             "weights from its peers (verified against the genesis; kept in DATA_DIR/base-model)")
+
+
 def _data_paths(args: argparse.Namespace, task: str) -> tuple[Path, ...]:
     """``--data`` checked against the task: an hf: task needs it, the others bring their own."""
     from swarmtrain.peer.training.tasks import HF_PREFIX
@@ -287,6 +293,9 @@ def cmd_join(args: argparse.Namespace) -> int:
 
     resolve_device(args.device)  # a wrong --device fails here, before a DHT node starts
     data = _data_paths(args, args.task or "")
+    if args.fetch_base and not (args.task or "").startswith("hf:"):
+        raise UsageError("--fetch-base is for Hugging Face models: name this machine's model directory, "
+                         "--task hf:PATH")
     torch.set_num_threads(args.threads)
     signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
     insisted = _insisted_config(args)
@@ -299,7 +308,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         start_delay=args.start_delay,
         address_file=Path(args.address_file) if args.address_file else None,
         device=args.device, inner_optim=args.inner_optim, genesis_digest=args.genesis, trust_states=args.trust_state,
-        keep_payload_rounds=args.keep_payloads,
+        keep_payload_rounds=args.keep_payloads, fetch_base=args.fetch_base,
         nat=_nat_options(args), data=data, allowed_peers=_allowed_peers(args),
         announce=output.announce, metrics=_start_metrics(args, PeerMetrics()),
     )
@@ -511,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_nat_options(join)
     _add_swarm_options(join)
     _add_data_option(join)
+    _add_fetch_base_option(join)
     join.set_defaults(func=cmd_join)
 
     boot = sub.add_parser("bootstrap", help="run a swarm's entry point: a DHT node that validates the swarm's "

@@ -1,7 +1,8 @@
 """Two real peers fine-tune a tiny Hugging Face model with LoRA, and the export loads.
 
-Each peer has its own copy of the model directory (the path differs, as it does between
-machines); the genesis' initial checksum proves the copies the same.
+Each peer has its own model directory (the path differs, as it does between machines):
+a's holds the weights, b's only the config, and b fetches the weights from a
+(``--fetch-base``); the genesis' initial checksum proves them the same.
 """
 
 from __future__ import annotations
@@ -57,13 +58,17 @@ def test_two_peers_train_lora_adapters_agree_and_the_export_generates(tmp_path: 
 
     data = [str(STDLIB / "json"), str(STDLIB / "email")]
     mine = _pretrained_tiny_llama(tmp_path / "models-a" / "llama", data)
-    theirs = shutil.copytree(mine, tmp_path / "models-b" / "llama")
+    # b has the model's config and not its weights: it fetches them from a (--fetch-base).
+    theirs = tmp_path / "models-b" / "llama"
+    theirs.mkdir(parents=True)
+    shutil.copy(mine / "config.json", theirs / "config.json")
     common = [*SMOKE, "--lora", "4", "--data", *data]
     swarm = Swarm(tmp_path, "hf-lora")
     try:
         swarm.start("a", "--task", f"hf:{mine}", *common, "--start-delay", "5")
         address = swarm.peers["a"].address(timeout=60)
-        swarm.start("b", "--task", f"hf:{theirs}", *common, "--rounds", "1", "--initial-peers", address)
+        swarm.start("b", "--task", f"hf:{theirs}", *common, "--rounds", "1", "--initial-peers", address,
+                    "--fetch-base")
         swarm.wait("b", timeout=100)
         swarm.wait_for_line("a", "round 1:", timeout=30)
     finally:
@@ -77,10 +82,14 @@ def test_two_peers_train_lora_adapters_agree_and_the_export_generates(tmp_path: 
     final = rounds_b[max(rounds_b)]  # the round b played (the ones before it, b caught up on)
     assert len(final.contributions) == 2 and final.accepted, (final, log_b)
     assert "KiB" in log_b and "sent 0.0 KiB" not in log_b  # adapters went over the wire
+    full_log_b = swarm.peers["b"].log_text()
+    assert "base weights: fetched" in full_log_b and "verified against the genesis" in full_log_b, full_log_b[:2000]
+    fetched = tmp_path / "b" / "base-model"
+    assert (fetched / "model.safetensors").read_bytes() == (mine / "model.safetensors").read_bytes()
 
     out = tmp_path / "export"
     with VersionStore(tmp_path / "b" / "versions", read_only=True) as store:
-        meta = export_version(store, tmp_path / "b", final.version_id[:12], out, fmt="hf", model_dir=theirs).metadata
+        meta = export_version(store, tmp_path / "b", final.version_id[:12], out, fmt="hf", model_dir=fetched).metadata
     assert (meta["swarm"], meta["version"], meta["parent"]) == ("hf-lora", final.version_id, final.parent_id)
     assert json.loads((out / "swarmtrain.json").read_text())["version"] == final.version_id
     model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)

@@ -87,3 +87,10 @@ def test_version_names_the_installed_package(capsys: pytest.CaptureFixture[str])
         build_parser().parse_args(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out.strip() == f"swarmtrain {version('swarmtrain')}"
+
+
+def test_fetch_base_without_a_hugging_face_task_is_a_usage_error(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run(capsys, "join", "--data-dir", str(tmp_path), "--fetch-base")
+    assert code == 2 and "--fetch-base is for Hugging Face models" in err and err.count("\n") == 1
+    assert not (tmp_path / "identity.key").exists()  # refused before any set-up

@@ -1,0 +1,79 @@
+"""--fetch-base: base weights from the swarm's peers, verified, bad holders skipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save
+
+from swarmtrain.peer.basemodel import WEIGHTS_FILE, BaseFetchError, fetch_base, serve_base
+from swarmtrain.peer.exchange.errors import BlobNotFound
+
+GOOD = save({"w": torch.arange(6, dtype=torch.float32)})
+OTHER = save({"w": torch.zeros(6)})
+KEY = "ab" * 32
+
+
+class _Peers:
+    """Holders answering "base" requests with the bytes given (None: not held)."""
+
+    def __init__(self, served: dict[str, bytes | None]) -> None:
+        self.served = served
+        self.asked: list[str] = []
+        self.offered: dict[tuple[str, str], object] = {}
+
+    def fetch(self, peer: str, kind: str, key: str, *, max_size: int, timeout: float) -> bytes:
+        assert (kind, key) == ("base", KEY)
+        self.asked.append(peer)
+        data = self.served[peer]
+        if data is None:
+            raise BlobNotFound(f"{peer} does not hold it", peer_id=peer)
+        return data
+
+    def serve_provider(self, kind: str, key: str, provider: object) -> None:
+        self.offered[(kind, key)] = provider
+
+
+def _verify(directory: Path) -> str | None:
+    return None if torch.equal(load_file(directory / WEIGHTS_FILE)["w"], torch.arange(6.0)) else "other weights"
+
+
+def _model_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "model"
+    path.mkdir()
+    (path / "config.json").write_text("{}")
+    return path
+
+
+def test_bad_holders_are_skipped_until_one_serves_weights_that_verify(tmp_path: Path) -> None:
+    peers = _Peers({"Qmgone": None, "Qmjunk": b"not safetensors", "Qmother": OTHER, "Qmgood": GOOD})
+    lines: list[str] = []
+    got = fetch_base(peers, ["Qmgone", "Qmjunk", "Qmother", "Qmgood"], KEY, _model_dir(tmp_path),  # type: ignore[arg-type]
+                     tmp_path / "data", _verify, lines.append)
+    assert got == tmp_path / "data" / "base-model" and (got / "config.json").is_file()
+    assert (got / WEIGHTS_FILE).read_bytes() == GOOD
+    assert peers.asked == ["Qmgone", "Qmjunk", "Qmother", "Qmgood"]
+    assert any("fetched" in line and "verified against the genesis" in line for line in lines)
+    # A restart reuses what it fetched, asking nobody.
+    again = _Peers({})
+    assert fetch_base(again, [], KEY, tmp_path / "model", tmp_path / "data", _verify,  # type: ignore[arg-type]
+                      lines.append) == got and again.asked == []
+
+
+def test_no_holder_with_matching_weights_is_one_error_that_names_the_fix(tmp_path: Path) -> None:
+    peers = _Peers({"Qmother": OTHER})
+    with pytest.raises(BaseFetchError, match="from any of 1 peer.*other weights.*model.safetensors"):
+        fetch_base(peers, ["Qmother"], KEY, _model_dir(tmp_path), tmp_path / "data", _verify,  # type: ignore[arg-type]
+                   lambda _: None)
+    assert not (tmp_path / "data" / "base-model" / WEIGHTS_FILE).exists()  # nothing unverified is kept
+
+
+def test_a_peer_serves_its_single_weights_file_and_nothing_without_one(tmp_path: Path) -> None:
+    model = _model_dir(tmp_path)
+    peers = _Peers({})
+    assert not serve_base(peers, model, KEY)  # type: ignore[arg-type]
+    (model / WEIGHTS_FILE).write_bytes(GOOD)
+    assert serve_base(peers, model, KEY)  # type: ignore[arg-type]
+    assert peers.offered[("base", KEY)]() == GOOD  # type: ignore[operator]
