@@ -162,7 +162,7 @@ def checker_candidates(commitments: Mapping[str, Commitment], standing: Collecti
 
 
 def checker_table(round_index: int, commitments: Mapping[str, Commitment], k: int,
-                  standing: Collection[str] = ()) -> dict[bytes, tuple[str, ...]]:
+                  standing: Collection[str] = (), parent: bytes = b"") -> dict[bytes, tuple[str, ...]]:
     """Who checks which admitted update of the round.
 
     - At least :data:`MIN_STANDING_CHECKERS` committers with standing: they alone are
@@ -179,8 +179,8 @@ def checker_table(round_index: int, commitments: Mapping[str, Commitment], k: in
     authors = {c.digest: author for author, c in commitments.items()}
     with_standing = checker_candidates(commitments, standing)
     if len(with_standing) >= MIN_STANDING_CHECKERS:
-        return {d: tuple(who) for d, who in assignments(round_index, authors, with_standing, k).items()}
-    everyone = {d: tuple(who) for d, who in assignments(round_index, authors, sorted(commitments), k).items()}
+        return {d: tuple(who) for d, who in assignments(round_index, authors, with_standing, k, parent).items()}
+    everyone = {d: tuple(who) for d, who in assignments(round_index, authors, sorted(commitments), k, parent).items()}
     if not with_standing:
         return everyone
     (lone,) = with_standing
@@ -211,7 +211,7 @@ def decide(
     admission = admit(round_index, commitments, standing=standing, work=work)
     admitted = admission.admitted
     authors = {c.digest: author for author, c in admitted.items()}
-    table = checker_table(round_index, admitted, checkers_per_update, standing)
+    table = checker_table(round_index, admitted, checkers_per_update, standing, parent)
     counts = tally({voter: {d: v.accept for d, v in votes.items()} for voter, votes in ballots.items()}, table)
     if len(authors) == 1:
         counts = {d: Tally(1, 0) for d in authors}

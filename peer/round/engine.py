@@ -135,7 +135,7 @@ class RoundEngine:
         commits = self.frozen_commits(r)
         standing = self.standing(state)
         admitted = admit(r, commitments_of(commits), standing=standing, work=ctx.work).admitted
-        table = checker_table(r, admitted, ctx.config.vote.checkers_per_update, standing)
+        table = checker_table(r, admitted, ctx.config.vote.checkers_per_update, standing, state.version)
         authors = {c.digest: peer for peer, c in admitted.items()}
         mine = {d: authors[d] for d, who in table.items() if ctx.peer_id in who}
         if faults.colludes(self.fault):

@@ -168,7 +168,8 @@ class Simulation:
         commitments = {name: Commitment(name, u.committed_digest, u.samples, self._nonces[name])
                        for name, u in updates.items() if name not in late}
         admitted = admit(self.round, commitments, standing=self._standing, work=self._work).admitted
-        checkers = checker_table(self.round, admitted, self.config.vote.checkers_per_update, self._standing)
+        checkers = checker_table(self.round, admitted, self.config.vote.checkers_per_update, self._standing,
+                                 self.version)
         cap = max_samples(self.config)
         ballots: dict[str, dict[bytes, Vote]] = {}
         colluders = {p.name for p in self.peers if faults.colludes(p.contributor.fault)}

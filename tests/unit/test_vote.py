@@ -100,12 +100,22 @@ def test_tie_and_no_votes_reject() -> None:
 
 def test_checkers_exclude_author_and_are_deterministic() -> None:
     peers = [f"p{i}" for i in range(10)]
-    d = b"\x09" * 32
-    a = checkers_for(3, d, "p1", peers, 3)
+    a = checkers_for(3, "p1", peers, 3)
     assert len(a) == 3 and "p1" not in a
-    assert a == checkers_for(3, d, "p1", list(reversed(peers)), 3)
-    draws = {tuple(checkers_for(r, d, "p1", peers, 3)) for r in range(20)}
+    assert a == checkers_for(3, "p1", list(reversed(peers)), 3)
+    draws = {tuple(checkers_for(r, "p1", peers, 3)) for r in range(20)}
     assert len(draws) > 5  # the draw changes with the round
+    parents = {tuple(checkers_for(3, "p1", peers, 3, parent=bytes([i]) * 32)) for i in range(20)}
+    assert len(parents) > 5  # ... and with the version the round builds on
+
+
+def test_an_author_cannot_choose_its_checkers_by_grinding_its_digest() -> None:
+    """Before, an update's point on the ring was its digest: perturbing a value gave a new
+    digest and a new draw, and a few dozen tries found one where colluders check it."""
+    peers = [f"p{i}" for i in range(12)]
+    draws = {tuple(assignments(4, {bytes([i]) * 32: "p1"}, peers, 3, parent=b"\x42" * 32)[bytes([i]) * 32])
+             for i in range(200)}
+    assert len(draws) == 1  # 200 different digests, one draw: nothing to pick from
 
 
 def test_small_swarm_checks_everything() -> None:
@@ -123,10 +133,10 @@ def test_the_checker_draw_hashes_each_peer_and_update_once(monkeypatch: pytest.M
     calls = 0
     real = assignment._point
 
-    def counting(round_index: int, item: bytes) -> bytes:
+    def counting(seed: bytes, item: bytes) -> bytes:
         nonlocal calls
         calls += 1
-        return real(round_index, item)
+        return real(seed, item)
 
     monkeypatch.setattr(assignment, "_point", counting)
     peers = [f"peer{i:05d}" for i in range(2000)]
