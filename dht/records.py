@@ -249,12 +249,10 @@ class SwarmRecords:
         out: dict[str, RecordT] = {}
         for subkey, item in found.value.items():
             try:
-                owner, rec = parse_entry(family, subkey, item.value, swarm=self._swarm)
+                # In a private swarm the DHT process refuses strangers' entries already;
+                # the reader's second look (allowed) costs nothing.
+                owner, rec = parse_entry(family, subkey, item.value, swarm=self._swarm, allowed=self._allowed)
             except InvalidRecordError:
-                self._invalid_records += 1
-                continue
-            if self._allowed is not None and owner not in self._allowed:
-                # The DHT process refuses these already; a second look costs nothing.
                 self._invalid_records += 1
                 continue
             out[owner] = cast(RecordT, rec)  # parse_entry chose the model from ``family``

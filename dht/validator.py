@@ -77,11 +77,13 @@ class InvalidRecordError(ValueError):
     """A per-peer entry of one of our keys is malformed, mis-owned or fails its schema."""
 
 
-def parse_entry(family: KeyFamily, subkey: object, value: object, *, swarm: str) -> tuple[str, SwarmRecord]:
+def parse_entry(family: KeyFamily, subkey: object, value: object, *, swarm: str,
+                allowed: frozenset[str] | None = None) -> tuple[str, SwarmRecord]:
     """Check one decoded entry of a ``family`` key of ``swarm``; return (owner peer id, record).
 
-    ``subkey`` must be the owner's marker (bytes) and ``value`` the record's wire dict.
-    Used both by the validator inside the DHT process and by readers in the main process.
+    ``subkey`` must be the owner's marker (bytes) and ``value`` the record's wire dict;
+    in a private swarm (``allowed``) the owner must be on the list. Used both by the
+    validator inside the DHT process and by readers in the main process.
     """
     if not isinstance(subkey, bytes):
         raise InvalidRecordError(f"subkey must be an owner marker (bytes), got {type(subkey).__name__}")
@@ -89,6 +91,8 @@ def parse_entry(family: KeyFamily, subkey: object, value: object, *, swarm: str)
         owner = peer_id_from_owner_marker(subkey)
     except InvalidOwnerMarkerError as error:
         raise InvalidRecordError(str(error)) from error
+    if allowed is not None and owner not in allowed:
+        raise InvalidRecordError(f"{family.name} entry owned by {owner}, who is not on this private swarm's list")
     model = record_type(family)
     try:
         record = model.model_validate(value)
@@ -178,9 +182,7 @@ class SwarmRecordValidator(RecordValidatorBase):
             value = msgpack.unpackb(record.value, raw=False)
         except (ValueError, TypeError, msgpack.UnpackException) as error:
             raise InvalidRecordError(f"entry does not decode: {error}") from error
-        owner, _ = parse_entry(family, subkey, value, swarm=self._swarm)
-        if self._allowed is not None and owner not in self._allowed:
-            raise InvalidRecordError(f"{family.name} entry owned by {owner}, who is not on this private swarm's list")
+        parse_entry(family, subkey, value, swarm=self._swarm, allowed=self._allowed)
 
     # Below RSASignatureValidator (10): validation runs in decreasing priority, so we see
     # values whose signature has been checked and stripped.

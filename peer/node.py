@@ -129,10 +129,6 @@ class Node:
             self.phases = PhaseClock(self.genesis.genesis_time, self.config.timing)
             self.store = VersionStore(self.data_dir / "versions")
             self.task = load_task(self.config, data=self.options.data)
-            if self.config.task.startswith(HF_PREFIX):  # for joiners that have only the config
-                from swarmtrain.peer.training.tasks.hf import model_dir
-
-                serve_base(self.exchange, model_dir(self.config.task), self.genesis.initial_checksum)
             self.state = self._initial_state()
             seed = int.from_bytes(self.identity.peer_id.encode()[-6:], "big")
             self.contributor = Contributor(self.config, stream_seed=seed, fault=options.fault)
@@ -158,13 +154,16 @@ class Node:
     # --- start-up --------------------------------------------------------------------
 
     def _base_weights(self, config: SwarmConfig) -> SwarmConfig:
-        """With --fetch-base and a model directory without weights: the swarm's base
-        weights, fetched from its peers and verified against the genesis (the task then
-        reads them from this data dir's copy). Otherwise ``config`` as it is."""
+        """An hf: swarm's base weights: with --fetch-base and a model directory without
+        them, fetched from the peers and verified against the genesis (the task then reads
+        them from this data dir's copy); either way served to joiners that have only the
+        config. Returns the config the task is built from."""
         from swarmtrain.peer.training.tasks.hf import has_weights, model_dir
 
+        assert self.exchange is not None
         path = model_dir(config.task)
         if has_weights(path) or not self.options.fetch_base:
+            serve_base(self.exchange, path, self.genesis.initial_checksum)
             return config
 
         def verify(candidate: Path) -> str | None:
@@ -174,12 +173,12 @@ class Node:
                 return None
             return f"the model built from them has checksum {checksum[:12]}, the genesis pins " \
                    f"{self.genesis.initial_checksum[:12]}"
-        assert self.exchange is not None
         try:
             fetched = fetch_base(self.exchange, self._peers_to_ask(), self.genesis.initial_checksum, path,
                                  self.data_dir, verify, self.options.announce)
         except BaseFetchError as error:
             raise JoinError(str(error)) from error
+        serve_base(self.exchange, fetched, self.genesis.initial_checksum)
         return config.replace(task=f"{HF_PREFIX}{fetched}")
 
     def _peers_to_ask(self, wait_s: float = 30.0) -> list[str]:

@@ -117,7 +117,6 @@ class Checker:
             )
         return verdicts
 
-
     def _open_all(self, payloads: Mapping[bytes, bytes], params: Mapping[str, Tensor]) -> dict[bytes, dict[str, Tensor]]:
         """Payloads this peer merged, opened again to compare against (one that does not
         open was refused at merge and was never part of the model)."""

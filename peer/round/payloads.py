@@ -22,7 +22,6 @@ from swarmtrain.peer.store.payloads import PayloadHistory
 log = logging.getLogger(__name__)
 
 
-
 class Payloads:
     """This peer's payloads: a cache of the current rounds, the kept history, fetching."""
 

@@ -21,9 +21,8 @@ from swarmtrain.peer.round.copies import copycat_source
 from swarmtrain.peer.round.merge import merge_round
 from swarmtrain.peer.round.offences import OFFENCE_WINDOW, cooling_off
 from swarmtrain.peer.round.recompute import contributions_of
-from swarmtrain.peer.round.vote import Verdict
+from swarmtrain.peer.round.vote import Tally, Verdict
 from swarmtrain.peer.store.commit import Contribution
-from swarmtrain.peer.round.vote import Tally
 from swarmtrain.peer.round.state import genesis_state
 from swarmtrain.peer.training import faults
 from swarmtrain.peer.training.contribute import Contributor
