@@ -180,19 +180,24 @@ class PeerMetrics(Metrics):
         advance = self._totals.advance
         advance(self.sent_bytes, record.bytes_sent)
         advance(self.received_bytes, record.bytes_received)
-        advance(self.own_updates.labels(outcome="accepted"), record.updates_accepted)
-        advance(self.own_updates.labels(outcome="rejected"), record.updates_rejected)
+        self._own_totals(record.updates_accepted, record.updates_rejected)
         advance(self.resyncs, record.resyncs)
         advance(self.invalid_records, invalid_records)
         advance(self.fetch_failures, fetch_failures)
 
+    def _own_totals(self, accepted: int, rejected: int) -> None:
+        self._totals.advance(self.own_updates.labels(outcome="accepted"), accepted)
+        self._totals.advance(self.own_updates.labels(outcome="rejected"), rejected)
+
     def round_done(self, summary: RoundSummary, *, train_loss: float,
                    contributions: Iterable[Contribution] | None,
-                   throughput: WorkerStats | None = None) -> None:
+                   throughput: WorkerStats | None = None,
+                   own_totals: tuple[int, int] | None = None) -> None:
         """One round played to the end. ``contributions``: what this peer's history records
         for the round (None when it holds no record of it, e.g. it downloaded the version):
         then only the counts are known and rejections go under "unrecorded". ``throughput``:
-        the training worker's counters now."""
+        the training worker's counters now. ``own_totals``: this peer's own updates accepted
+        and rejected so far (running totals, as its heartbeat carries them)."""
         # Before the counter: a scrape that sees the round counted sees the round it led to
         # and the training behind it (the heartbeat sets the same values a moment later; a
         # scrape in between once saw rounds_total 1 with round 0, and later utilisation 0
@@ -201,6 +206,10 @@ class PeerMetrics(Metrics):
         if throughput is not None:
             self.utilisation.set(min(1.0, throughput.utilisation))
             self.samples_per_second.set(throughput.samples_per_second)
+        # Its own outcome too: a scrape before the next heartbeat once saw rounds_total 1 and
+        # own updates accepted 0 in a round that accepted every update.
+        if own_totals is not None:
+            self._own_totals(*own_totals)
         self.rounds.inc()
         if math.isfinite(train_loss):
             self.train_loss.set(train_loss)

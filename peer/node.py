@@ -402,7 +402,8 @@ class Node:
                 summaries.append(result.summary)
                 self.options.metrics.round_done(result.summary, train_loss=update.train_loss,
                                                 contributions=recorded_contributions(self.context.store, result.summary),
-                                                throughput=self.worker.stats())
+                                                throughput=self.worker.stats(),
+                                                own_totals=(self.engine.accepted, self.engine.rejected))
                 self._save_local_state()
                 self.options.announce(result.summary.line())
                 self.heartbeat(role="training")

@@ -111,7 +111,8 @@ def test_rounds_count_updates_by_outcome_and_reason_category() -> None:
                 contribution(False, "checkers: held-out loss rose by 0.2"), contribution(False, "digest mismatch")]
     metrics.round_done(summary(4), train_loss=4.5, contributions=recorded)
     metrics.round_done(summary(5, validation_loss=3.0), train_loss=math.nan, contributions=None,
-                       throughput=WorkerStats(steps=90, samples=1440, busy_seconds=18.0, wall_seconds=20.0))
+                       throughput=WorkerStats(steps=90, samples=1440, busy_seconds=18.0, wall_seconds=20.0),
+                       own_totals=(2, 0))
 
     assert value(metrics, "swarmtrain_rounds_total") == 2
     assert value(metrics, "swarmtrain_updates_total", outcome="accepted", reason="accepted") == 2 + 2
@@ -126,6 +127,13 @@ def test_rounds_count_updates_by_outcome_and_reason_category() -> None:
     # The training behind it too: a scrape before the next heartbeat once saw utilisation 0.
     assert value(metrics, "swarmtrain_utilisation") == 0.9
     assert value(metrics, "swarmtrain_samples_per_second") == 72.0
+    # And its own updates' outcome: a scrape before the next heartbeat once saw
+    # rounds_total 1 and own updates accepted 0 in a round that accepted them all.
+    assert value(metrics, "swarmtrain_own_updates_total", outcome="accepted") == 2
+    # The heartbeat then carries the same running totals: nothing is counted twice.
+    metrics.peer_status(sample_peer(PEER, round=6, updates_accepted=2, updates_rejected=0),
+                        invalid_records=0, fetch_failures=0)
+    assert value(metrics, "swarmtrain_own_updates_total", outcome="accepted") == 2
 
 
 class _Store:
