@@ -7,6 +7,8 @@ step is the mean of the (compressed) pseudo-gradients times ``--lr``, with optio
 Nesterov momentum. Two variants that were measured and not adopted stay selectable:
 ``--adapt`` (per-coordinate outer scaling by how much the workers disagree) and
 ``--eager`` (a worker moves to its own estimate of the next version at the snapshot).
+``--wide-v K`` (an inner AdamW whose second moment estimates that of K peers' batches) is
+a lead under measurement, not in the product either.
 
 Loss is held-out loss on 64 batches (seed 987654321) that no peer votes with. Prints
 one JSON line per run; ``--lone`` prints one peer's loss at the given step counts.
@@ -79,10 +81,56 @@ def _adapted(mean: torch.Tensor, updates: list[torch.Tensor], k: int) -> torch.T
     return mean * ((m2 + var) / (m2 + var / k + 1e-30)).sqrt().clamp(1.0, k ** 0.5)
 
 
+class WideAdamW(torch.optim.Optimizer):
+    """AdamW whose second moment estimates that of a ``k`` times larger batch (experiment).
+
+    A peer's v holds its own batch's gradient noise, so its steps are up to sqrt(k) smaller
+    in noise-dominated coordinates than those of data-parallel training over k peers'
+    batches, whose mean the swarm takes. The noise part is estimated for free from
+    consecutive gradients: E[(g_t - g_(t-1))^2] / 2 is the batch gradient's variance while
+    the true gradient moves slowly. v_eff = max(v - (1 - 1/k) s, v / k)."""
+
+    def __init__(self, groups: list[dict[str, object]], *, lr: float, betas: tuple[float, float],
+                 weight_decay: float, k: int, eps: float = 1e-8) -> None:
+        super().__init__(groups, dict(lr=lr, betas=betas, weight_decay=weight_decay, eps=eps))
+        self.k = k
+
+    @torch.no_grad()
+    def step(self) -> None:  # type: ignore[override]
+        shrink = 1 - 1 / self.k
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g, state = p.grad, self.state[p]
+                if not state:
+                    state.update(step=0, m=torch.zeros_like(p), v=torch.zeros_like(p),
+                                 s=torch.zeros_like(p), prev=g.clone(), seen=0)
+                else:
+                    state["s"].mul_(b2).add_((g - state["prev"]) ** 2 / 2, alpha=1 - b2)
+                    state["prev"].copy_(g)
+                    state["seen"] += 1
+                state["step"] += 1
+                t = state["step"]
+                state["m"].mul_(b1).add_(g, alpha=1 - b1)
+                state["v"].mul_(b2).add_(g * g, alpha=1 - b2)
+                v = state["v"] / (1 - b2 ** t)
+                if state["seen"]:
+                    s = state["s"] / (1 - b2 ** state["seen"])
+                    v = torch.maximum(v - shrink * s, v / self.k)
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.addcdiv_(state["m"] / (1 - b1 ** t), v.sqrt().add_(group["eps"]), value=-group["lr"])
+
+
 def swarm(a: argparse.Namespace) -> list[float]:
     config = _config(16, a.inner_lr)
     evaluate = _evaluator(config)
     trainers = [LocalTrainer(load_task(config), config.train, stream_seed=i) for i in range(a.workers)]
+    if a.wide_v:
+        for trainer in trainers:
+            trainer.optimizer = WideAdamW(trainer._param_groups(), lr=config.train.lr, betas=config.train.betas,
+                                          weight_decay=config.train.weight_decay, k=a.wide_v)
     version = model_params(trainers[0].model)
     for trainer in trainers:
         trainer.load_params(version)
@@ -141,6 +189,7 @@ def main() -> int:
     p.add_argument("--inner-lr", type=float, default=3e-3)
     p.add_argument("--adapt", action="store_true")
     p.add_argument("--eager", action="store_true")
+    p.add_argument("--wide-v", type=int, default=0, help="WideAdamW inner optimizer for this many peers' batch")
     a = p.parse_args()
     torch.set_num_threads(1)
     started = time.monotonic()
