@@ -94,6 +94,8 @@ class WideAdamW(torch.optim.Optimizer):
                  weight_decay: float, k: int, eps: float = 1e-8) -> None:
         super().__init__(groups, dict(lr=lr, betas=betas, weight_decay=weight_decay, eps=eps))
         self.k = k
+        # --wide-v-halves: this step's noise sample per parameter, from two half-batches.
+        self.noise: dict[torch.Tensor, torch.Tensor] | None = None
 
     @torch.no_grad()
     def step(self) -> None:  # type: ignore[override]
@@ -104,7 +106,13 @@ class WideAdamW(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 g, state = p.grad, self.state[p]
-                if not state:
+                if self.noise is not None:
+                    if not state:
+                        state.update(step=0, m=torch.zeros_like(p), v=torch.zeros_like(p),
+                                     s=torch.zeros_like(p), seen=0)
+                    state["s"].mul_(b2).add_(self.noise[p], alpha=1 - b2)
+                    state["seen"] += 1
+                elif not state:
                     state.update(step=0, m=torch.zeros_like(p), v=torch.zeros_like(p),
                                  s=torch.zeros_like(p), prev=g.clone(), seen=0)
                 else:
@@ -123,10 +131,34 @@ class WideAdamW(torch.optim.Optimizer):
                 p.addcdiv_(state["m"] / (1 - b1 ** t), v.sqrt().add_(group["eps"]), value=-group["lr"])
 
 
+class HalvesTrainer(LocalTrainer):
+    """Each step's gradient from two half-batches, whose difference samples the noise."""
+
+    def run(self, steps: int, deadline: float | None = None) -> None:  # type: ignore[override]
+        opt = self.optimizer
+        assert isinstance(opt, WideAdamW)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for _ in range(steps):
+            batch = self._next_batch()
+            half = batch[0].shape[0] // 2
+            grads = []
+            for part in (tuple(t[:half] for t in batch), tuple(t[half:] for t in batch)):
+                opt.zero_grad(set_to_none=True)
+                self.task.loss(self.model, part).backward()
+                grads.append([p.grad.detach().clone() for p in params])
+            for p, ga, gb in zip(params, *grads):
+                p.grad = (ga + gb) / 2
+            total = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+            scale = min(1.0, self.config.grad_clip / (float(total) + 1e-6))
+            opt.noise = {p: ((ga - gb) * scale) ** 2 / 4 for p, ga, gb in zip(params, *grads)}
+            opt.step()
+
+
 def swarm(a: argparse.Namespace) -> list[float]:
     config = _config(16, a.inner_lr)
     evaluate = _evaluator(config)
-    trainers = [LocalTrainer(load_task(config), config.train, stream_seed=i) for i in range(a.workers)]
+    kind = HalvesTrainer if a.wide_v_halves else LocalTrainer
+    trainers = [kind(load_task(config), config.train, stream_seed=i) for i in range(a.workers)]
     if a.wide_v:
         for trainer in trainers:
             trainer.optimizer = WideAdamW(trainer._param_groups(), lr=config.train.lr, betas=config.train.betas,
@@ -190,6 +222,7 @@ def main() -> int:
     p.add_argument("--adapt", action="store_true")
     p.add_argument("--eager", action="store_true")
     p.add_argument("--wide-v", type=int, default=0, help="WideAdamW inner optimizer for this many peers' batch")
+    p.add_argument("--wide-v-halves", action="store_true", help="--wide-v: noise from two half-batches a step")
     a = p.parse_args()
     torch.set_num_threads(1)
     started = time.monotonic()
