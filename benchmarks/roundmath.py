@@ -7,8 +7,7 @@ step is the mean of the (compressed) pseudo-gradients times ``--lr``, with optio
 Nesterov momentum. Two variants that were measured and not adopted stay selectable:
 ``--adapt`` (per-coordinate outer scaling by how much the workers disagree) and
 ``--eager`` (a worker moves to its own estimate of the next version at the snapshot).
-``--wide-v K`` (an inner AdamW whose second moment estimates that of K peers' batches) is
-a lead under measurement, not in the product either.
+``--wide-v K`` runs the workers on ``--inner-optim wide-adamw`` with swarm size K.
 
 Loss is held-out loss on 64 batches (seed 987654321) that no peer votes with. Prints
 one JSON line per run; ``--lone`` prints one peer's loss at the given step counts.
@@ -81,88 +80,14 @@ def _adapted(mean: torch.Tensor, updates: list[torch.Tensor], k: int) -> torch.T
     return mean * ((m2 + var) / (m2 + var / k + 1e-30)).sqrt().clamp(1.0, k ** 0.5)
 
 
-class WideAdamW(torch.optim.Optimizer):
-    """AdamW whose second moment estimates that of a ``k`` times larger batch (experiment).
-
-    A peer's v holds its own batch's gradient noise, so its steps are up to sqrt(k) smaller
-    in noise-dominated coordinates than those of data-parallel training over k peers'
-    batches, whose mean the swarm takes. The noise part is estimated for free from
-    consecutive gradients: E[(g_t - g_(t-1))^2] / 2 is the batch gradient's variance while
-    the true gradient moves slowly. v_eff = max(v - (1 - 1/k) s, v / k)."""
-
-    def __init__(self, groups: list[dict[str, object]], *, lr: float, betas: tuple[float, float],
-                 weight_decay: float, k: int, eps: float = 1e-8) -> None:
-        super().__init__(groups, dict(lr=lr, betas=betas, weight_decay=weight_decay, eps=eps))
-        self.k = k
-        # --wide-v-halves: this step's noise sample per parameter, from two half-batches.
-        self.noise: dict[torch.Tensor, torch.Tensor] | None = None
-
-    @torch.no_grad()
-    def step(self) -> None:  # type: ignore[override]
-        shrink = 1 - 1 / self.k
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g, state = p.grad, self.state[p]
-                if self.noise is not None:
-                    if not state:
-                        state.update(step=0, m=torch.zeros_like(p), v=torch.zeros_like(p),
-                                     s=torch.zeros_like(p), seen=0)
-                    state["s"].mul_(b2).add_(self.noise[p], alpha=1 - b2)
-                    state["seen"] += 1
-                elif not state:
-                    state.update(step=0, m=torch.zeros_like(p), v=torch.zeros_like(p),
-                                 s=torch.zeros_like(p), prev=g.clone(), seen=0)
-                else:
-                    state["s"].mul_(b2).add_((g - state["prev"]) ** 2 / 2, alpha=1 - b2)
-                    state["prev"].copy_(g)
-                    state["seen"] += 1
-                state["step"] += 1
-                t = state["step"]
-                state["m"].mul_(b1).add_(g, alpha=1 - b1)
-                state["v"].mul_(b2).add_(g * g, alpha=1 - b2)
-                v = state["v"] / (1 - b2 ** t)
-                if state["seen"]:
-                    s = state["s"] / (1 - b2 ** state["seen"])
-                    v = torch.maximum(v - shrink * s, v / self.k)
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.addcdiv_(state["m"] / (1 - b1 ** t), v.sqrt().add_(group["eps"]), value=-group["lr"])
-
-
-class HalvesTrainer(LocalTrainer):
-    """Each step's gradient from two half-batches, whose difference samples the noise."""
-
-    def run(self, steps: int, deadline: float | None = None) -> None:  # type: ignore[override]
-        opt = self.optimizer
-        assert isinstance(opt, WideAdamW)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        for _ in range(steps):
-            batch = self._next_batch()
-            half = batch[0].shape[0] // 2
-            grads = []
-            for part in (tuple(t[:half] for t in batch), tuple(t[half:] for t in batch)):
-                opt.zero_grad(set_to_none=True)
-                self.task.loss(self.model, part).backward()
-                grads.append([p.grad.detach().clone() for p in params])
-            for p, ga, gb in zip(params, *grads):
-                p.grad = (ga + gb) / 2
-            total = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-            scale = min(1.0, self.config.grad_clip / (float(total) + 1e-6))
-            opt.noise = {p: ((ga - gb) * scale) ** 2 / 4 for p, ga, gb in zip(params, *grads)}
-            opt.step()
-
-
 def swarm(a: argparse.Namespace) -> list[float]:
     config = _config(16, a.inner_lr)
     evaluate = _evaluator(config)
-    kind = HalvesTrainer if a.wide_v_halves else LocalTrainer
-    trainers = [kind(load_task(config), config.train, stream_seed=i) for i in range(a.workers)]
-    if a.wide_v:
-        for trainer in trainers:
-            trainer.optimizer = WideAdamW(trainer._param_groups(), lr=config.train.lr, betas=config.train.betas,
-                                          weight_decay=config.train.weight_decay, k=a.wide_v)
+    inner_optim = "wide-adamw" if a.wide_v else "adamw"
+    trainers = [LocalTrainer(load_task(config), config.train, stream_seed=i, inner_optim=inner_optim)
+                for i in range(a.workers)]
+    for trainer in trainers:
+        trainer.set_swarm_size(a.wide_v)
     version = model_params(trainers[0].model)
     for trainer in trainers:
         trainer.load_params(version)
@@ -221,8 +146,8 @@ def main() -> int:
     p.add_argument("--inner-lr", type=float, default=3e-3)
     p.add_argument("--adapt", action="store_true")
     p.add_argument("--eager", action="store_true")
-    p.add_argument("--wide-v", type=int, default=0, help="WideAdamW inner optimizer for this many peers' batch")
-    p.add_argument("--wide-v-halves", action="store_true", help="--wide-v: noise from two half-batches a step")
+    p.add_argument("--wide-v", type=int, default=0,
+                   help="inner optimizer wide-adamw with this swarm size (0: adamw)")
     a = p.parse_args()
     torch.set_num_threads(1)
     started = time.monotonic()

@@ -40,7 +40,7 @@ import torch
 from swarmtrain.peer.config import AVERAGE, DENSE, CodecConfig, OuterConfig, SwarmConfig, preset
 from swarmtrain.peer.round.simulate import Simulation
 from swarmtrain.peer.training.tasks import load_task
-from swarmtrain.peer.training.trainer import LocalTrainer, evaluate_loss
+from swarmtrain.peer.training.trainer import INNER_OPTIMIZERS, LocalTrainer, evaluate_loss
 
 EVAL_SEED = 987654321
 EVAL_BATCHES = 64
@@ -106,9 +106,9 @@ def swarm_config(compressed: bool, inner_steps: int) -> SwarmConfig:
 
 
 def simulated(k: int, steps: int, inner_steps: int, overlap: float, compressed: bool,
-              evaluate: Evaluator) -> dict[str, object]:
+              evaluate: Evaluator, inner_optim: str = "adamw") -> dict[str, object]:
     config = swarm_config(compressed, inner_steps)
-    sim = Simulation(config, peers=k, overlap=overlap)
+    sim = Simulation(config, peers=k, overlap=overlap, inner_optim=inner_optim)
     reports = sim.run(steps // inner_steps)
     fp32 = reports[-1].fp32_bytes
     payload = sum(r.mean_payload_bytes for r in reports) / len(reports)
@@ -117,20 +117,22 @@ def simulated(k: int, steps: int, inner_steps: int, overlap: float, compressed: 
         "accepted": sum(r.accepted for r in reports), "updates": sum(len(r.outcomes) for r in reports),
         "bytes_per_peer_per_round": round(payload), "smaller_than_fp32": round(fp32 / payload, 1),
         "density": config.codec.density, "bits": config.codec.bits, "outer": dataclasses.asdict(config.outer),
+        "inner_optim": inner_optim,
     }
 
 
-def _sim_job(args: tuple[str, int, int, int, float, bool]) -> tuple[str, int, object]:
-    kind, k, steps, inner_steps, overlap, compressed = args
+def _sim_job(args: tuple[str, int, int, int, float, bool, str]) -> tuple[str, int, object]:
+    kind, k, steps, inner_steps, overlap, compressed, inner_optim = args
     torch.set_num_threads(1)
     evaluate = Evaluator(_config())
     if kind == "dp":
         return kind, k, round(data_parallel(k, steps, evaluate), 4)
-    return kind, k, simulated(k, steps, inner_steps, overlap, compressed, evaluate)
+    return kind, k, simulated(k, steps, inner_steps, overlap, compressed, evaluate, inner_optim)
 
 
-def part_sim(ks: list[int], steps: int, inner_steps: int, overlap: float, jobs: int) -> dict[str, object]:
-    work = [(kind, k, steps, inner_steps, overlap, kind == "compressed")
+def part_sim(ks: list[int], steps: int, inner_steps: int, overlap: float, jobs: int,
+             inner_optim: str = "adamw") -> dict[str, object]:
+    work = [(kind, k, steps, inner_steps, overlap, kind == "compressed", inner_optim)
             for k in ks for kind in ("compressed", "uncompressed", "dp")]
     with multiprocessing.get_context("spawn").Pool(jobs) as pool:
         done = {(kind, k): out for kind, k, out in pool.map(_sim_job, work, chunksize=1)}
@@ -183,7 +185,8 @@ def _lone_rate_job(args: tuple[int, float]) -> int:
     return trainer.run(10**9, deadline=time.monotonic() + seconds).steps
 
 
-def part_real(peers: int, rounds: int, preset_name: str, lone_seconds: float) -> dict[str, object]:
+def part_real(peers: int, rounds: int, preset_name: str, lone_seconds: float,
+              inner_optim: str = "adamw") -> dict[str, object]:
     from swarmtrain.peer.app.launch import start_peer
     from swarmtrain.peer.store.versions import VersionStore
 
@@ -191,7 +194,8 @@ def part_real(peers: int, rounds: int, preset_name: str, lone_seconds: float) ->
     procs = []
     started = time.time()
     try:
-        common = ["--swarm", "speedup", "--rounds", str(rounds), "--preset", preset_name]
+        common = ["--swarm", "speedup", "--rounds", str(rounds), "--preset", preset_name,
+                  "--inner-optim", inner_optim]
         procs.append(start_peer("peer0", root / "peer0", [*common, "--start-delay", "20"]))
         address = procs[0].address()
         for i in range(1, peers):
@@ -234,7 +238,8 @@ def part_real(peers: int, rounds: int, preset_name: str, lone_seconds: float) ->
     lone_steps = steps_to_reach(curve, swarm_loss)
     speedup = None if lone_steps is None else round(lone_steps / lone_rate / per_peer_seconds, 3)
     return {
-        "peers": peers, "rounds": rounds, "preset": preset_name, "wall_seconds": round(wall, 1),
+        "peers": peers, "rounds": rounds, "preset": preset_name, "inner_optim": inner_optim,
+        "wall_seconds": round(wall, 1),
         "swarm": {"final_loss": round(swarm_loss, 4), "per_peer_seconds": round(per_peer_seconds, 1),
                   "per_peer_steps": round(per_peer_steps), "peers": trained},
         "lone": {"steps_per_second_at_same_share": round(lone_rate, 2),
@@ -258,6 +263,8 @@ def main() -> int:
     parser.add_argument("--overlap", type=float, default=0.0,
                         help="share of a round's steps taken during its exchange (simulated)")
     parser.add_argument("--jobs", type=int, default=2, help="simulations run side by side")
+    parser.add_argument("--inner-optim", choices=INNER_OPTIMIZERS, default="adamw",
+                        help="the swarm peers' inner optimizer (the lone peer and data-parallel keep AdamW)")
     parser.add_argument("--peers", type=int, default=3, help="real swarm size")
     parser.add_argument("--rounds", type=int, default=12, help="real swarm rounds")
     parser.add_argument("--preset", default="demo", help="real swarm preset")
@@ -273,9 +280,9 @@ def main() -> int:
     }
     if args.part in ("sim", "both"):
         doc["simulated"] = part_sim([int(k) for k in args.ks.split(",")], args.steps, args.inner_steps,
-                                    args.overlap, args.jobs)
+                                    args.overlap, args.jobs, args.inner_optim)
     if args.part in ("real", "both"):
-        doc["real"] = part_real(args.peers, args.rounds, args.preset, args.lone_seconds)
+        doc["real"] = part_real(args.peers, args.rounds, args.preset, args.lone_seconds, args.inner_optim)
     doc["seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(doc, indent=2))
     return 0

@@ -86,7 +86,7 @@ class NodeOptions:
     # (for scripts and compose files that start the next peers from it).
     address_file: Path | None = None
     device: str = "auto"               # where the inner steps run (see trainer.resolve_device)
-    inner_optim: str = "adamw"         # --inner-optim: adamw, or adamw8bit (bitsandbytes; a quarter of the state)
+    inner_optim: str = "adamw"         # --inner-optim: adamw, adamw8bit (a quarter of the state), wide-adamw
     # The digest of the genesis to join (what `join` prints as "genesis ..."): with it, no
     # other candidate, a back-dated one included, can capture this peer.
     genesis_digest: str | None = None
@@ -399,6 +399,8 @@ class Node:
                     clock.sleep_until(phases.deadline(r, Phase.AGREE))
                     continue
                 self._adopt(result.state)
+                # wide-adamw: the next merge likely averages about as many updates as this one.
+                self.trainer.set_swarm_size(result.summary.accepted)
                 summaries.append(result.summary)
                 self.options.metrics.round_done(result.summary, train_loss=update.train_loss,
                                                 contributions=recorded_contributions(self.context.store, result.summary),

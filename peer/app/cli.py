@@ -153,7 +153,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.fault is not None and not 1 <= args.faulty < args.peers:
         raise UsageError(f"--faulty {args.faulty} needs at least one honest peer: use --faulty 1..{args.peers - 1}")
     sim = Simulation(config, peers=args.peers, fault=args.fault, device=resolve_device(args.device), task=task,
-                     overlap=args.overlap, faulty=args.faulty, attack_from=args.attack_from)
+                     overlap=args.overlap, faulty=args.faulty, attack_from=args.attack_from,
+                     inner_optim=args.inner_optim)
     if args.json:
         reports = sim.run(args.rounds, on_round=lambda r: print(json.dumps(_report_dict(r)), flush=True))
         return 0 if reports else 1
@@ -170,6 +171,15 @@ def _report_dict(report: "RoundReport") -> dict[str, object]:
 
 
 _SWARM_FLAGS = ("task", "preset", "density", "bits", "inner_steps", "seed", "lora", "identity_bits")
+
+
+def _add_inner_optim_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--inner-optim", choices=INNER_OPTIMIZERS, default="adamw",
+                        help="the local inner optimizer, a per-peer choice (the swarm's updates and merges are "
+                             "the same): adamw (fp32 moments); adamw8bit (bitsandbytes' 8-bit AdamW: about a "
+                             "quarter of the optimizer memory, so a bigger model fits); wide-adamw (AdamW whose "
+                             "second moment estimates that of the last round's committers' whole batch: more "
+                             "progress per step in a swarm, at two half-batch backward passes a step)")
 
 
 def _add_device_option(parser: argparse.ArgumentParser) -> None:
@@ -480,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="share of each round's steps taken while the round is exchanged, carried onto "
                           "the next version, as networked peers do (default 0: classic DiLoCo)")
     _add_device_option(sim)
+    _add_inner_optim_option(sim)
     sim.add_argument("--json", action="store_true", help="one JSON object per round instead of the table")
     _add_swarm_options(sim)
     _add_data_option(sim)
@@ -511,10 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
                            f"peers that join later can replay them (default {HISTORY_ROUNDS}; the DHT keeps "
                            "round records for an hour, so more helps up to an hour of rounds)")
     _add_device_option(join)
-    join.add_argument("--inner-optim", choices=INNER_OPTIMIZERS, default="adamw",
-                      help="the local inner optimizer: adamw (fp32 moments), or adamw8bit (bitsandbytes' 8-bit "
-                           "AdamW: about a quarter of the optimizer memory, so a bigger model fits; a per-peer "
-                           "choice, the swarm's updates and merges are the same)")
+    _add_inner_optim_option(join)
     _add_metrics_option(join)
     _add_allow_peers_option(join)
     _add_nat_options(join)

@@ -95,7 +95,7 @@ class Simulation:
     def __init__(self, config: SwarmConfig, *, peers: int, fault: str | None = None,
                  validation_batches: int = 8, task: Task | None = None,
                  device: torch.device | str = "cpu", overlap: float = 0.0,
-                 faulty: int = 1, attack_from: int = 0) -> None:
+                 faulty: int = 1, attack_from: int = 0, inner_optim: str = "adamw") -> None:
         if peers < 1:
             raise ValueError(f"--peers must be >= 1, got {peers}")
         if fault is not None and not 1 <= faulty < peers:
@@ -115,7 +115,8 @@ class Simulation:
         self.attack_from = attack_from
         for i in range(peers):
             mode = fault if i >= peers - faulty else None
-            trainer = LocalTrainer(self.task, config.train, stream_seed=i, device=device)
+            trainer = LocalTrainer(self.task, config.train, stream_seed=i, device=device, inner_optim=inner_optim)
+            trainer.set_swarm_size(peers)  # every peer commits every round here
             self.peers.append(_VirtualPeer(
                 name=f"peer{i}",
                 tracker=ProgressTracker(trainer, self.params, self.version),

@@ -18,6 +18,7 @@ from torch import nn
 
 from swarmtrain.peer.config import TrainConfig
 from swarmtrain.peer.training.localstate import LocalStateError, tensors_from_bytes, tensors_to_bytes
+from swarmtrain.peer.training import wideadam
 from swarmtrain.peer.training.tasks import Batch, Task, TaskError
 
 
@@ -38,7 +39,11 @@ _ADAM8_REQUIRED = ("step", "state1", "state2")
 
 # --inner-optim: the inner loop's optimizer, a per-peer choice (it never leaves the peer:
 # updates are parameter differences, whatever made them).
-INNER_OPTIMIZERS = ("adamw", "adamw8bit")
+# wide-adamw: AdamW whose second moment estimates that of the swarm's whole batch
+# (peer/training/wideadam.py), at two half-batch backward passes a step.
+INNER_OPTIMIZERS = ("adamw", "adamw8bit", "wide-adamw")
+# The per-parameter state each fp32 optimizer saves, and which of it is a 0-d scalar.
+_FP32_KEYS = {"adamw": (_ADAM_KEYS, frozenset({"step"})), "wide-adamw": (wideadam.STATE_KEYS, wideadam.SCALAR_KEYS)}
 
 
 class DeviceError(ValueError):
@@ -159,6 +164,8 @@ def _make_optimizer(kind: str, groups: list[dict[str, object]], config: TrainCon
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    if kind == "wide-adamw":
+        return wideadam.WideAdamW(groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
 
 
@@ -199,6 +206,12 @@ class LocalTrainer:
             return batch
         return tuple(t.to(self.device, non_blocking=True) for t in batch)
 
+    def set_swarm_size(self, peers: int) -> None:
+        """How many peers' updates the next merge averages (``wide-adamw`` uses it; the
+        other optimizers ignore it)."""
+        if isinstance(self.optimizer, wideadam.WideAdamW):
+            self.optimizer.set_swarm_size(max(1, peers))
+
     def load_params(self, params: Mapping[str, torch.Tensor]) -> None:
         """Start from the round's version: copy it into the model, keep the optimizer state."""
         load_model_params(self.model, params)
@@ -214,7 +227,7 @@ class LocalTrainer:
 
     def optimizer_bytes(self) -> bytes:
         """The inner optimizer's state as ``"<key>/<param name>"`` safetensors bytes."""
-        keys = _ADAM8_KEYS if self.inner_optim == "adamw8bit" else _ADAM_KEYS
+        keys = _ADAM8_KEYS if self.inner_optim == "adamw8bit" else _FP32_KEYS[self.inner_optim][0]
         state: dict[str, torch.Tensor] = {}
         for name, p in self.model.named_parameters():
             for key, value in self.optimizer.state.get(p, {}).items():
@@ -232,20 +245,22 @@ class LocalTrainer:
         if self.inner_optim == "adamw8bit":
             self._load_adam8(saved)
             return
+        keys, scalars = _FP32_KEYS[self.inner_optim]
         params = dict(self.model.named_parameters())
         restored: dict[torch.nn.Parameter, dict[str, torch.Tensor]] = {}
         for entry, value in saved.items():
             key, _, name = entry.partition("/")
-            if key not in _ADAM_KEYS or name not in params:
-                raise OptimizerStateError(f"saved inner-optimizer state has {entry!r}, which this model lacks")
-            want = torch.Size([]) if key == "step" else params[name].shape
+            if key not in keys or name not in params:
+                raise OptimizerStateError(f"saved inner-optimizer state has {entry!r}, which this model's "
+                                          f"{self.inner_optim} lacks (saved by another --inner-optim?)")
+            want = torch.Size([]) if key in scalars else params[name].shape
             if value.shape != want:
                 raise OptimizerStateError(f"saved inner-optimizer state {entry!r} has shape "
                                           f"{tuple(value.shape)}, the model needs {tuple(want)}")
             # torch keeps AdamW's step on the CPU unless capturable; the moments go with the params.
-            where = torch.device("cpu") if key == "step" else self.device
+            where = torch.device("cpu") if key in scalars else self.device
             restored.setdefault(params[name], {})[key] = value.to(device=where, dtype=torch.float32, copy=True)
-        incomplete = [n for n, p in params.items() if p in restored and len(restored[p]) != len(_ADAM_KEYS)]
+        incomplete = [n for n, p in params.items() if p in restored and len(restored[p]) != len(keys)]
         if incomplete:
             raise OptimizerStateError(f"saved inner-optimizer state is incomplete for {incomplete[:3]}")
         for p, state in restored.items():
@@ -273,6 +288,40 @@ class LocalTrainer:
         for p, state in restored.items():
             self.optimizer.state[p] = state
 
+    def _gradient(self, batch: Batch, clip: float) -> tuple[float, torch.Tensor]:
+        """Set the parameters' clipped gradient for ``batch``; its loss and unclipped norm.
+
+        ``wide-adamw`` takes it as the mean of two half-batch gradients (the two halves'
+        mean losses, averaged) and hands the optimizer their difference as this step's
+        noise sample; a batch of one sample gives no sample, and the step keeps the
+        noise average as it was."""
+        model, opt = self.model, self.optimizer
+        opt.zero_grad(set_to_none=True)
+        half = _batch_size(batch) // 2
+        if not isinstance(opt, wideadam.WideAdamW) or half == 0:
+            loss = self.task.loss(model, batch)
+            loss.backward()
+            return float(loss.detach()), torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads: list[list[torch.Tensor]] = []
+        loss_sum = 0.0
+        n = _batch_size(batch)
+        # Tensors without the batch dimension (none in the shipped tasks) go whole to both.
+        halves = [tuple(t[sl] if t.dim() and t.shape[0] == n else t for t in batch)
+                  for sl in (slice(0, half), slice(half, None))]
+        for part in halves:
+            opt.zero_grad(set_to_none=True)
+            loss = self.task.loss(model, part)
+            loss.backward()
+            loss_sum += float(loss.detach())
+            grads.append([torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params])
+        for p, ga, gb in zip(params, *grads):
+            p.grad = (ga + gb) / 2
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        scale = min(1.0, clip / (float(grad_norm) + 1e-6))  # the factor clip_grad_norm_ applied
+        opt.noise = wideadam.half_batch_noise((grads[0], grads[1]), params, scale)
+        return loss_sum / 2, grad_norm
+
     def run(self, steps: int, deadline: float | None = None) -> TrainReport:
         """Run up to ``steps`` inner steps; stop early rather than pass ``deadline``.
 
@@ -294,11 +343,7 @@ class LocalTrainer:
                 if now + per_step > deadline:
                     break
             batch = self._next_batch()
-            opt.zero_grad(set_to_none=True)
-            loss = self.task.loss(model, batch)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            loss_value = float(loss.detach())
+            loss_value, grad_norm = self._gradient(batch, clip)
             if not (math.isfinite(loss_value) and math.isfinite(float(grad_norm))):
                 # One bad batch must not poison AdamW's moments for every later round.
                 opt.zero_grad(set_to_none=True)
