@@ -297,7 +297,8 @@ class LocalTrainer:
         noise average as it was."""
         model, opt = self.model, self.optimizer
         opt.zero_grad(set_to_none=True)
-        half = _batch_size(batch) // 2
+        n = _batch_size(batch)
+        half = n // 2
         if not isinstance(opt, wideadam.WideAdamW) or half == 0:
             loss = self.task.loss(model, batch)
             loss.backward()
@@ -305,7 +306,6 @@ class LocalTrainer:
         params = [p for p in model.parameters() if p.requires_grad]
         grads: list[list[torch.Tensor]] = []
         loss_sum = 0.0
-        n = _batch_size(batch)
         # Tensors without the batch dimension (none in the shipped tasks) go whole to both.
         halves = [tuple(t[sl] if t.dim() and t.shape[0] == n else t for t in batch)
                   for sl in (slice(0, half), slice(half, None))]

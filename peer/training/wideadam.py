@@ -33,8 +33,9 @@ class WideAdamW(torch.optim.Optimizer):
     """AdamW (decoupled weight decay, bias-corrected moments) with v_eff as above.
 
     ``noise`` must be set before each :meth:`step` to that step's noise sample per
-    parameter (see :func:`half_batch_noise`); ``swarm_size`` is K, set as the swarm grows
-    or shrinks (:meth:`set_swarm_size`).
+    parameter (see :func:`half_batch_noise`); the step consumes it, so a step without a
+    fresh sample leaves the noise average as it was rather than counting an old sample
+    twice. ``swarm_size`` is K, set as the swarm grows or shrinks (:meth:`set_swarm_size`).
     """
 
     def __init__(self, params: Iterable[dict[str, object]], *, lr: float, betas: tuple[float, float],
@@ -81,6 +82,7 @@ class WideAdamW(torch.optim.Optimizer):
                     v = torch.maximum(v - (1 - 1 / k) * s, v / k)
                 p.mul_(1 - lr * group["weight_decay"])
                 p.addcdiv_(state["exp_avg"] / (1 - b1 ** t), v.sqrt().add_(eps), value=-lr)
+        self.noise = {}
 
 
 def half_batch_noise(halves: tuple[list[torch.Tensor], list[torch.Tensor]], params: list[torch.Tensor],

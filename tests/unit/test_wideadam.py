@@ -37,6 +37,20 @@ def test_the_noise_share_k_peers_average_away_leaves_the_second_moment() -> None
                   swarm_size=0)
 
 
+def test_a_step_without_a_fresh_noise_sample_keeps_the_noise_average() -> None:
+    # A batch of one sample cannot be halved: that step brings no sample, and the last
+    # step's must not be counted again.
+    p = torch.nn.Parameter(torch.tensor([1.0]))
+    opt = WideAdamW([{"params": [p]}], lr=0.01, betas=BETAS, weight_decay=0.0, swarm_size=4)
+    p.grad = torch.tensor([0.5])
+    opt.noise = {p: torch.tensor([0.2])}
+    opt.step()
+    noise = opt.state[p]["noise"].clone()
+    opt.step()
+    assert float(opt.state[p]["noise_steps"]) == 1
+    assert torch.equal(opt.state[p]["noise"], noise)
+
+
 def test_with_one_peer_it_steps_as_torch_adamw() -> None:
     torch.manual_seed(0)
     a = torch.nn.Parameter(torch.randn(5, 3))
