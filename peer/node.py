@@ -31,6 +31,7 @@ from swarmtrain.peer.round.context import RoundContext
 from swarmtrain.peer.round.copies import copycat_source
 from swarmtrain.peer.round.engine import AGREE_READ_SHARE, PUBLISH_MARGIN_S, RoundEngine, RoundSummary
 from swarmtrain.peer.round.state import ModelState, genesis_state, load_version
+from swarmtrain.peer.round.pin import PinnedVersion
 from swarmtrain.peer.round.sync import StateSync
 from swarmtrain.peer.store.files import atomic_write
 from swarmtrain.peer.store.payloads import HISTORY_ROUNDS
@@ -91,6 +92,7 @@ class NodeOptions:
     # other candidate, a back-dated one included, can capture this peer.
     genesis_digest: str | None = None
     trust_states: bool = False         # --trust-state: take a state that cannot be replayed on its holders' word
+    trust_version: PinnedVersion | None = None  # --trust-version: replay from this version when nothing older works
     fetch_base: bool = False           # --fetch-base: an hf: model directory without weights gets them from peers
     keep_payload_rounds: int = HISTORY_ROUNDS  # --keep-payloads: rounds of merged payloads kept for others' replay
     data: tuple[Path, ...] = ()        # this peer's text files for an hf: task (--data)
@@ -142,6 +144,7 @@ class Node:
                 store=self.store, clock=options.clock, phases=self.phases, checker=self.checker,
                 founder=self.genesis.creator, work=work, work_nonce=nonce, announce=options.announce)
             self.sync = StateSync(self.context, trust_states=self.options.trust_states,
+                                  pinned=self.options.trust_version,
                                   keep_payload_rounds=self.options.keep_payload_rounds)
             self.sync.serve(self.state)
             self.engine = RoundEngine(self.context, self.sync, fault=options.fault)

@@ -267,6 +267,16 @@ def _digest(text: str) -> str:
     return text
 
 
+def _pinned_version(text: str) -> str:
+    """The pin as text (a config file writes it back as it was given), checked here."""
+    from swarmtrain.peer.round.pin import PinnedVersion
+
+    try:
+        return str(PinnedVersion.parse(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _insisted_config(args: argparse.Namespace) -> SwarmConfig | None:
     """The settings a joining peer asked for explicitly (None: adopt the swarm's genesis)."""
     explicit = args.uncompressed or any(getattr(args, name) is not None for name in _SWARM_FLAGS)
@@ -299,6 +309,7 @@ def cmd_join(args: argparse.Namespace) -> int:
     from swarmtrain.peer.metrics import PeerMetrics
     from swarmtrain.peer.app.panel import JoinOutput
     from swarmtrain.peer.node import Node, NodeOptions
+    from swarmtrain.peer.round.pin import PinnedVersion
     from swarmtrain.peer.training.trainer import resolve_device
 
     resolve_device(args.device)  # a wrong --device fails here, before a DHT node starts
@@ -318,6 +329,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         start_delay=args.start_delay,
         address_file=Path(args.address_file) if args.address_file else None,
         device=args.device, inner_optim=args.inner_optim, genesis_digest=args.genesis, trust_states=args.trust_state,
+        trust_version=PinnedVersion.parse(args.trust_version) if args.trust_version else None,
         keep_payload_rounds=args.keep_payloads, fetch_base=args.fetch_base,
         nat=_nat_options(args), data=data, allowed_peers=_allowed_peers(args),
         announce=output.announce, metrics=_start_metrics(args, PeerMetrics()),
@@ -414,6 +426,8 @@ def cmd_log(args: argparse.Namespace) -> int:
     try:
         if args.peers:
             return _print_peers(store, json_out=args.json)
+        if args.pin:
+            return _print_pin(store)
         history = store.history()
     finally:
         store.close()
@@ -421,6 +435,15 @@ def cmd_log(args: argparse.Namespace) -> int:
         print(json.dumps([c.to_dict() for c in history], indent=2))
     else:
         Console().print(render_history(history))
+    return 0
+
+
+def _print_pin(store: "VersionStore") -> int:
+    """The head version as another peer pins it (``join --trust-version``)."""
+    head = store.head()
+    if head is None:
+        raise UsageError(f"{store.data_dir} holds no versions yet")
+    print(f"{head.version_id}:{head.state_checksum}")
     return 0
 
 
@@ -517,6 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="when the rounds this peer missed cannot be replayed (their records or payloads are "
                            "gone), download the newest version from the peers that publish it and take it on "
                            "their word (by default a peer adopts only versions it recomputed itself)")
+    join.add_argument("--trust-version", type=_pinned_version, default=None, metavar="VERSION:CHECKSUM",
+                      help="a version you trust (`swarmtrain log --pin` on a peer you trust prints it): when the "
+                           "rounds this peer missed cannot be replayed from what it holds, it downloads this "
+                           "version, checks it against the checksum, and replays from there")
     join.add_argument("--keep-payloads", type=_positive_int, default=HISTORY_ROUNDS, metavar="ROUNDS",
                       help=f"keep and serve the update payloads this peer merged for this many rounds, so "
                            f"peers that join later can replay them (default {HISTORY_ROUNDS}; the DHT keeps "
@@ -576,6 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
     log_cmd.add_argument("--peers", action="store_true",
                          help="each author's record instead: updates accepted and rejected, offences this peer "
                               "saw itself, and who is cooling off now")
+    log_cmd.add_argument("--pin", action="store_true",
+                         help="print the head version as VERSION:CHECKSUM, what `join --trust-version` takes")
     log_cmd.set_defaults(func=cmd_log)
 
     export = sub.add_parser("export", help="write a kept version: a .safetensors file, or an HF/PEFT directory")

@@ -5,8 +5,10 @@ recomputes that result from the parent it holds, the round's signed records and 
 accepted payloads (:mod:`.recompute`), and adopts it only when its own recomputation
 gives the same id and checksum; otherwise it keeps its own version and says why. A peer
 that was away (late join, restart) replays the rounds it missed the same way, from the
-newest version it holds. Only where replay is impossible, and only when its user said
-``--trust-state``, does it download a state on its publishers' word, naming them.
+newest version it holds, or from a version its user pinned (``--trust-version``: the
+one state it downloads, checked against the pinned checksum). Only where replay is
+impossible, and only when its user said ``--trust-state``, does it download the newest
+state on its publishers' word, naming them.
 Every resync is counted and printed: a swarm that resyncs every round has a
 determinism bug.
 
@@ -29,6 +31,7 @@ from swarmtrain.peer.exchange.ring import ServedRing
 from swarmtrain.peer.round.clock import Phase
 from swarmtrain.peer.round.context import RoundContext, max_state_bytes
 from swarmtrain.peer.round.payloads import Payloads
+from swarmtrain.peer.round.pin import PinnedVersion
 from swarmtrain.peer.round.recompute import Claim, Recomputer, claims
 from swarmtrain.peer.round.state import ModelState, load_version, verified_checksum
 from swarmtrain.peer.store.payloads import HISTORY_ROUNDS, PAYLOADS_DIR, PayloadHistory
@@ -41,17 +44,26 @@ LOOKBACK_ROUNDS = 8
 STATE_TIMEOUT_S = 120.0
 STATE_STALL_S = 15.0   # a holder silent this long between two frames is dropped
 PARALLEL_HOLDERS = 3   # holders a state is requested from at once
-SERVED_STATES = 2
+SERVED_STATES = 2      # at least; every state the store keeps is served
+# How far back a pinned version (--trust-version) is looked for among the published
+# results: the DHT keeps round records for an hour, a few hundred demo rounds. Each round
+# is looked at once per peer run (see StateSync._find_pin).
+PIN_LOOKBACK_ROUNDS = 512
 
 
 class StateSync:
     def __init__(self, ctx: RoundContext, *, trust_states: bool = False,
-                 keep_payload_rounds: int = HISTORY_ROUNDS) -> None:
+                 keep_payload_rounds: int = HISTORY_ROUNDS, pinned: PinnedVersion | None = None) -> None:
         self.ctx = ctx
         self.resyncs = 0
         self.disagreements = 0  # published results this peer could not recompute, and so refused
         self.trust_states = trust_states
-        self._served = ServedRing(ctx.exchange, "state", keep=SERVED_STATES)
+        self.pinned = pinned
+        self._pin_found: tuple[int, Claim] | None = None  # the round that produced the pin, and its result
+        self._pin_scanned: set[int] = set()               # rounds whose results were searched for it
+        # Every version whose state the store keeps is served (read from disk per request),
+        # so a peer that pinned one of them can start from it.
+        self._served = ServedRing(ctx.exchange, "state", keep=max(SERVED_STATES, ctx.store.keep))
         self.payloads = Payloads(ctx, PayloadHistory(ctx.store.data_dir / PAYLOADS_DIR, keep_payload_rounds))
         self.recomputer = Recomputer(ctx, self.payloads)
 
@@ -103,7 +115,8 @@ class StateSync:
         after all its peers stopped). When a newer version was published but could not be
         re-derived (nor, with ``--trust-state``, downloaded), ``state`` comes back
         unchanged, so the caller does not commit on a version the others have left, and
-        tries again.
+        tries again. With a pinned version (``--trust-version``), a replay that cannot
+        start from ``state`` starts from the pin instead.
         """
         ctx = self.ctx
         for back in range(1, LOOKBACK_ROUNDS + 1):
@@ -124,6 +137,12 @@ class StateSync:
             if isinstance(replayed, ModelState):
                 state = replayed
                 break
+            if self.pinned is not None and self.pinned.version != state.version.hex():
+                from_pin = self._replay_from_pin(state, r, produced_in, top)
+                if isinstance(from_pin, ModelState):
+                    state = from_pin
+                    break
+                replayed = f"{replayed}; nor from the pinned version {self.pinned.version[:12]}: {from_pin}"
             if not self.trust_states:
                 ctx.announce(f"catching up: cannot re-derive version {top.version[:12]} (round {produced_in}) "
                              f"from version {state.version.hex()[:12]}: {replayed}; to take it on the word of "
@@ -174,6 +193,51 @@ class StateSync:
                      "same id and checksum as published")
         return replayed
 
+    def _replay_from_pin(self, state: ModelState, r: int, until: int, target: Claim) -> ModelState | str:
+        """``target`` replayed from the pinned version: held here, or downloaded once from
+        whoever serves it and checked against the pinned checksum (and the model)."""
+        pin = self.pinned
+        assert pin is not None
+        ctx = self.ctx
+        if _has(ctx, pin.version, pin.checksum):
+            start = load_version(ctx.store, pin.version, state.outer,
+                                 next_round=ctx.store.commit(pin.version).round + 1)
+        else:
+            found = self._find_pin(r, state.round)
+            if found is None:
+                return (f"no result published in rounds {_pin_rounds(r, state.round).stop + 1}-{r - 1} names it "
+                        "with that checksum (check the pin, or pin a newer version)")
+            produced_in, claim = found
+            holders = [*claim.holders, *(p for p in ctx.records.peers() if p not in claim.holders)]
+            ctx.announce(f"catching up: downloading the pinned version {pin.version[:12]} (round {produced_in}, "
+                         f"--trust-version) to replay from")
+            fetched = self._fetch(pin.version, pin.checksum, holders, produced_in=produced_in, state=state)
+            if fetched is None:
+                return "nobody served its state"
+            start = fetched
+        if target.names(start):
+            return start
+        if start.round > until:
+            return f"it is not older than version {target.version[:12]} of round {until}"
+        return self._replay(start, until, target)
+
+    def _find_pin(self, r: int, held_round: int) -> tuple[int, Claim] | None:
+        """The round whose published results name the pin, looking at each round once
+        per run (a stuck peer calls this every round, and each look is a DHT read)."""
+        pin = self.pinned
+        assert pin is not None
+        if self._pin_found is None:
+            for k in _pin_rounds(r, held_round):
+                if k in self._pin_scanned:
+                    continue
+                self._pin_scanned.add(k)
+                match = [c for c in claims(k, self.ctx.records.results(k))
+                         if (c.version, c.checksum) == (pin.version, pin.checksum)]
+                if match:
+                    self._pin_found = (k, match[0])
+                    break
+        return self._pin_found
+
     def _fetch(self, version: str, checksum: str, holders: list[str], *, produced_in: int,
                state: ModelState) -> ModelState | None:
         ctx = self.ctx
@@ -220,6 +284,12 @@ class StateSync:
         ctx.announce(f"could not download version {version[:12]} from any of {len(candidates)} peer(s); "
                      "will retry next round")
         return None
+
+
+def _pin_rounds(r: int, held_round: int) -> range:
+    """The rounds, newest first, whose results may name a pin worth replaying from: not
+    older than the version held (it would not get further) nor than the lookback."""
+    return range(r - 1, max(0, held_round - 1, r - PIN_LOOKBACK_ROUNDS) - 1, -1)
 
 
 def _has(ctx: RoundContext, version: str, checksum: str) -> bool:

@@ -85,7 +85,7 @@ def test_missing_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_print_config_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["join", "--preset", "smoke", "--inner-steps", "9", "--density", "0.05", "--uncompressed",
             "--initial-peers", "/ip4/1.2.3.4/tcp/5", '/ip4/5.6.7.8/tcp/9/p2p/Qm"x', "--start-delay", "2.5",
-            "--swarm", "lab", "--data-dir", "dir with spaces/ü"]
+            "--swarm", "lab", "--data-dir", "dir with spaces/ü", "--trust-version", f"{'ab' * 32}:{'cd' * 32}"]
     assert main([*argv, "--print-config"]) == 0
     printed = capsys.readouterr().out
     assert 'inner-steps = 9\n' in printed and "uncompressed = true\n" in printed and "config" not in printed

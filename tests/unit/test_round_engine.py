@@ -310,3 +310,51 @@ def test_an_update_is_served_only_from_its_rounds_commit_deadline(tmp_path: Path
     clock.sleep_until(phases.deadline(0, Phase.COMMIT))
     assert copier.ctx.exchange.fetch(author.ctx.peer_id, "update", update.committed_digest.hex(),
                                      max_size=1 << 24, timeout=1.0) == update.payload
+
+
+def test_a_late_joiner_replays_from_a_pinned_version_when_older_history_is_gone(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`join --trust-version VERSION:CHECKSUM`: when round 0 can no longer be replayed, the
+    joiner downloads the pinned version (checked against its checksum) and replays the
+    rest, instead of taking the newest state on the word of its holders."""
+    from swarmtrain.peer.round.pin import PinnedVersion
+
+    peers, clock, _ = memory_swarm(tmp_path, CONFIG, ["a", "b", "late"])
+    *early, late = peers
+    for r in range(3):
+        lockstep_round(early, clock, r, before=10, after=0)
+    v3 = early[0].state
+    store = early[0].ctx.store
+    v1 = next(c for c in store.lineage(v3.version.hex()) if c.round == 0)  # produced in round 0
+    # What a user copies from a peer it trusts.
+    capsys.readouterr()
+    assert main(["log", "--pin", "--data-dir", str(tmp_path / "a")]) == 0
+    assert capsys.readouterr().out.strip() == f"{v3.version.hex()}:{v3.checksum.hex()}"
+    # Round 0's payloads are gone everywhere: nothing replays from the genesis.
+    blobs = late.ctx.exchange.blobs  # type: ignore[attr-defined]
+    for key in [k for k in blobs if k[1] == "update" and k[2] in {c.digest for c in v1.accepted}]:
+        del blobs[key]
+    stuck = late.sync.catch_up(3, late.state)
+    assert stuck.version == late.state.version
+    # A pin nobody published (a wrong checksum) is refused by name, and nothing is downloaded.
+    late.sync.pinned = PinnedVersion(v1.version_id, "00" * 32)
+    stuck = late.sync.catch_up(3, late.state)
+    assert stuck.version == late.state.version
+    assert any(f"nor from the pinned version {v1.version_id[:12]}: no result published" in line
+               for line in late.lines), late.lines
+    late.sync = type(late.sync)(late.ctx, pinned=PinnedVersion(v1.version_id, v1.state_checksum))
+    caught = late.sync.catch_up(3, late.state)
+    assert (caught.version, caught.checksum, caught.round) == (v3.version, v3.checksum, 3)
+    assert any(f"downloading the pinned version {v1.version_id[:12]} (round 0" in line for line in late.lines)
+    assert any("replaying rounds 1-2" in line for line in late.lines)
+    assert late.ctx.store.commit(v3.version.hex()).state_checksum == v3.checksum.hex()
+
+
+def test_a_pinned_version_is_parsed_with_its_checksum_or_refused_with_the_fix() -> None:
+    from swarmtrain.peer.round.pin import PinnedVersion
+
+    pin = PinnedVersion.parse(f"{'ab' * 32}:{'cd' * 32}\n")
+    assert (pin.version, pin.checksum, str(pin)) == ("ab" * 32, "cd" * 32, f"{'ab' * 32}:{'cd' * 32}")
+    for bad in ("ab" * 32, f"{'ab' * 31}:{'cd' * 32}", f"{'AB' * 32}:{'cd' * 32}", f"{'ab' * 32}:"):
+        with pytest.raises(ValueError, match="swarmtrain log --pin"):
+            PinnedVersion.parse(bad)
