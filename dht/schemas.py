@@ -207,6 +207,11 @@ class VoteRecord(SwarmRecord):
 
     voter: PeerIdStr
     votes: Annotated[dict[Hex64, Verdict], Field(max_length=MAX_DIGESTS_PER_RECORD)]
+    # The hash of the commitment set this voter froze at the commit deadline and judged
+    # (peer/round/commitset.py): peers decide over the set most voters judged, so a
+    # commitment landing right at the deadline cannot split them. Absent (None) from
+    # older peers.
+    commit_set: Hex64 | None = None
 
 
 class ResultRecord(SwarmRecord):

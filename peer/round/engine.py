@@ -27,7 +27,10 @@ from swarmtrain.peer.round.clock import Phase
 from swarmtrain.peer.round.context import RoundContext, max_update_bytes
 from swarmtrain.peer.round.decision import RoundDecision, admit, checker_table, decide, round_weight
 from swarmtrain.peer.round.offences import OFFENCE_WINDOW, cooling_off
-from swarmtrain.peer.round.recompute import ballots_of, commitments_of, keep_version, next_state, standing_of
+from swarmtrain.peer.round.commitset import commit_set_digest
+from swarmtrain.peer.round.recompute import (
+    ballots_of, commit_views, commitments_of, keep_version, next_state, standing_of,
+)
 from swarmtrain.peer.round.state import ModelState
 from swarmtrain.peer.round.sync import StateSync
 from swarmtrain.peer.round.vote import Verdict
@@ -142,7 +145,7 @@ class RoundEngine:
             verdicts = colluding_verdicts({d: faults.is_colluder_commitment(commits[a].train_loss)
                                            for d, a in mine.items()})
             if verdicts:
-                ctx.records.publish_votes(r, ballot(ctx.peer_id, verdicts))
+                ctx.records.publish_votes(r, ballot(ctx.peer_id, verdicts, commit_set_digest(commitments_of(commits))))
             return verdicts
         # Repeat offenders' updates are not downloaded: rejected unread, for a reason
         # that is no offence, until their offences age out of the window.
@@ -161,17 +164,25 @@ class RoundEngine:
                                            round_samples=round_weight(admitted, max_samples(ctx.config)),
                                            merged_last_round=self.merged_into(state))
         if verdicts:
-            ctx.records.publish_votes(r, ballot(ctx.peer_id, verdicts))
+            ctx.records.publish_votes(r, ballot(ctx.peer_id, verdicts, commit_set_digest(commitments_of(commits))))
         return verdicts
 
     def decide(self, r: int, state: ModelState) -> tuple[RoundDecision, dict[str, CommitRecord]]:
-        """After the vote deadline: the round's decision from the frozen commitments and
-        the ballots as read now."""
+        """After the vote deadline: the round's decision from the ballots as read now,
+        over the commitment set most voters judged (this peer's frozen one unless the
+        ballots name another it can build: :func:`commit_views`)."""
         ctx = self.ctx
-        commits = self.frozen_commits(r)
-        decision = decide(r, state.version, commitments_of(commits), ballots_of(ctx.records.votes(r)),
+        votes = ctx.records.votes(r)
+        standing = self.standing(state)
+        frozen = self.frozen_commits(r)
+        # Reading the commitments again costs a DHT read, needed only when some ballot
+        # names a set other than this peer's own.
+        mine = commit_set_digest(commitments_of(frozen)).hex()
+        named_other = any(rec.commit_set not in (None, mine) for rec in votes.values())
+        commits = commit_views(frozen, ctx.records.commits(r), votes, standing)[0] if named_other else frozen
+        decision = decide(r, state.version, commitments_of(commits), ballots_of(votes),
                           checkers_per_update=ctx.config.vote.checkers_per_update,
-                          max_samples=max_samples(ctx.config), standing=self.standing(state), work=ctx.work)
+                          max_samples=max_samples(ctx.config), standing=standing, work=ctx.work)
         return decision, commits
 
     def merge(self, r: int, state: ModelState, decision: RoundDecision, commits: dict[str, CommitRecord],
@@ -243,11 +254,12 @@ class RoundEngine:
         )
         return RoundResult(new, summary)
 
-def ballot(voter: str, verdicts: dict[bytes, Verdict]) -> VoteRecord:
-    """This peer's signed-record form of its verdicts, with the reasons for rejections
-    shortened to fit; a ballot too big to carry reasons goes without them."""
+def ballot(voter: str, verdicts: dict[bytes, Verdict], commit_set: bytes | None = None) -> VoteRecord:
+    """This peer's signed-record form of its verdicts on the commitment set with hash
+    ``commit_set``, with the reasons for rejections shortened to fit; a ballot too big to
+    carry reasons goes without them."""
     def record(with_reasons: bool) -> VoteRecord:
-        return VoteRecord(voter=voter, votes={
+        return VoteRecord(voter=voter, commit_set=None if commit_set is None else commit_set.hex(), votes={
             d.hex(): VerdictRecord(accept=v.accept, loss_delta=_finite(v.loss_delta),
                                    reason=_short_reason(v.reason) if with_reasons and not v.accept else "")
             for d, v in verdicts.items()

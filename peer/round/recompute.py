@@ -15,11 +15,12 @@ The decision part is pure (:func:`claims`, :func:`commit_views`, :func:`matching
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from swarmtrain.dht import CommitRecord, ResultRecord, VoteRecord
 from swarmtrain.peer.config import SwarmConfig, max_samples
+from swarmtrain.peer.round.commitset import by_named, commit_set_digest, rebuild
 from swarmtrain.peer.round.context import RoundContext, max_update_bytes
 from swarmtrain.peer.round.decision import Commitment, RoundDecision, Vote, decide
 from swarmtrain.peer.round.merge import OuterOptimizer, RoundMerge, merge_round
@@ -67,21 +68,47 @@ def ballots_of(votes: Mapping[str, VoteRecord]) -> Ballots:
             for voter, rec in votes.items()}
 
 
+# Named sets a peer tries to rebuild a round (the most named first).
+MAX_REBUILT_SETS = 3
+
+
+def named_sets(votes: Mapping[str, VoteRecord]) -> dict[str, bytes]:
+    """The commitment set each voter says it judged (voters whose ballot names none are left out)."""
+    return {voter: bytes.fromhex(rec.commit_set) for voter, rec in votes.items() if rec.commit_set is not None}
+
+
 def commit_views(frozen: Mapping[str, CommitRecord] | None, now: Mapping[str, CommitRecord],
-                 ballots: Ballots) -> list[dict[str, CommitRecord]]:
+                 votes: Mapping[str, VoteRecord], standing: Collection[str] = ()) -> list[dict[str, CommitRecord]]:
     """The commitment sets a round may have been decided over, in the order to try them.
 
     Peers freeze the set at the commit deadline, and one that arrived right at the
-    deadline can be in one peer's set and not in another's. So: this peer's own frozen
-    set (when it played the round), every commitment readable now, and those that some
-    ballot judged (a commitment nobody judged came after the checkers had frozen theirs).
+    deadline can be in one peer's set and not in another's. The candidates: this peer's
+    own frozen set (when it played the round), every commitment readable now, those that
+    some ballot judged (a commitment nobody judged came after the checkers had frozen
+    theirs), and each set a ballot names (:mod:`.commitset`) rebuilt from those readable
+    now. The set most voters with standing named comes first, so every peer that can
+    build it decides over it.
     """
-    judged = {d.hex() for votes in ballots.values() for d in votes}
+    named = named_sets(votes)
+    judged = {d for rec in votes.values() for d in rec.votes}
     views: list[dict[str, CommitRecord]] = []
     for view in (frozen, now, {p: c for p, c in now.items() if c.digest in judged}):
         if view is not None and dict(view) not in views:
             views.append(dict(view))
-    return views
+    digest_of = lambda view: commit_set_digest(commitments_of(view))  # noqa: E731
+    have = {digest_of(view) for view in views}
+    # Rebuilding costs up to 2^MAX_DOUBTFUL hashes, so only for a few sets, named by
+    # voters with standing: fresh identities naming made-up hashes cost nothing.
+    targets = sorted({d for v, d in named.items() if v in standing} - have,
+                     key=lambda d: (-sum(1 for v, n in named.items() if n == d and v in standing), d))
+    for target in targets[:MAX_REBUILT_SETS]:
+        voters = [v for v, d in named.items() if d == target]
+        seen = {d for v in voters for d in votes[v].votes}
+        doubtful = [a for a, c in now.items() if c.digest not in seen]
+        rebuilt = rebuild(target, commitments_of(now), doubtful)
+        if rebuilt is not None:
+            views.append({a: now[a] for a in rebuilt})
+    return by_named(views, digest_of, named, standing)
 
 
 def matching_decision(round_: int, parent: bytes, claim: Claim, views: list[dict[str, CommitRecord]],
@@ -178,10 +205,12 @@ class Recomputer:
             parent = load_version(ctx.store, parent_version.hex(), OuterOptimizer(ctx.config.outer), next_round=r)
         except StoreError:
             return f"its parent {parent_version.hex()[:12]} is not held here"
-        ballots = ballots_of(ctx.records.votes(r))
-        views = commit_views(frozen, ctx.records.commits(r), ballots)
+        votes = ctx.records.votes(r)
+        ballots = ballots_of(votes)
+        standing = standing_of(ctx.store, parent.version, ctx.founder)
+        views = commit_views(frozen, ctx.records.commits(r), votes, standing)
         found = matching_decision(r, parent.version, claim, views, ballots, config=ctx.config,
-                                  standing=standing_of(ctx.store, parent.version, ctx.founder), work=ctx.work)
+                                  standing=standing, work=ctx.work)
         if found is None:
             return (f"its {len(claim.accepted)} accepted update(s) do not follow from version "
                     f"{parent_version.hex()[:12]} and the signed commitments and ballots of round {r}")

@@ -197,10 +197,12 @@ def memory_swarm(tmp: Path, config: SwarmConfig, names: list[str], *, faults: di
 
 
 def lockstep_round(peers: list[MemoryPeer], clock: ManualClock, r: int, before: int, after: int,
-                    after_votes: Callable[[], None] | None = None) -> None:
+                    after_votes: Callable[[], None] | None = None,
+                    before_checks: Callable[[], None] | None = None) -> None:
     """Every peer through round ``r`` phase by phase: ``before`` steps up to the commit
     point, ``after`` more while the round is checked and merged (the overlap);
-    ``after_votes`` runs once every peer has voted."""
+    ``before_checks`` runs at the commit deadline, before any peer freezes the round's
+    commitments; ``after_votes`` once every peer has voted."""
     phases = peers[0].ctx.phases
     for p in peers:
         p.tracker.train(before)
@@ -209,6 +211,8 @@ def lockstep_round(peers: list[MemoryPeer], clock: ManualClock, r: int, before: 
     for p in peers:
         p.engine.commit(r, updates[p.name])
     clock.sleep_until(phases.deadline(r, Phase.COMMIT))
+    if before_checks is not None:
+        before_checks()
     verdicts = {p.name: p.engine.check_and_vote(r, p.state, updates[p.name]) for p in peers}
     if after_votes is not None:
         after_votes()

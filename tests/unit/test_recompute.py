@@ -41,11 +41,11 @@ def _commit(peer: str, digest: str) -> CommitRecord:
 def test_commit_views_try_the_frozen_set_then_all_then_only_the_judged() -> None:
     frozen = {A: _commit(A, "aa" * 32), B: _commit(B, "bb" * 32)}
     now = {**frozen, C: _commit(C, "cc" * 32)}  # C came after the deadline: nobody judged it
-    ballots = ballots_of({D: VoteRecord(voter=D, votes={
+    votes = {D: VoteRecord(voter=D, votes={
         "aa" * 32: Verdict(accept=True, loss_delta=0.0, reason=""),
-        "bb" * 32: Verdict(accept=True, loss_delta=0.0, reason="")})})
-    assert commit_views(frozen, now, ballots) == [frozen, now]  # the judged set equals the frozen one
-    assert commit_views(None, now, ballots) == [now, frozen]
+        "bb" * 32: Verdict(accept=True, loss_delta=0.0, reason="")})}
+    assert commit_views(frozen, now, votes) == [frozen, now]  # the judged set equals the frozen one
+    assert commit_views(None, now, votes) == [now, frozen]
 
 
 def _parent(peer: MemoryPeer) -> ModelState:

@@ -358,3 +358,29 @@ def test_a_pinned_version_is_parsed_with_its_checksum_or_refused_with_the_fix() 
     for bad in ("ab" * 32, f"{'ab' * 31}:{'cd' * 32}", f"{'AB' * 32}:{'cd' * 32}", f"{'ab' * 32}:"):
         with pytest.raises(ValueError, match="swarmtrain log --pin"):
             PinnedVersion.parse(bad)
+
+
+def test_peers_that_froze_different_commit_sets_decide_over_the_one_most_voters_judged(tmp_path: Path) -> None:
+    """A commitment landing right at the deadline is in some peers' frozen sets and not in
+    others'. Ballots name the set their voter judged, and every peer decides over the
+    set most voters with standing named, so all merge one version the first time (before,
+    the two sides merged different versions and one had to recompute the other's)."""
+    peers, clock, table = memory_swarm(tmp_path, CONFIG, ["a", "b", "c", "e", "d"])
+    lockstep_round(peers, clock, 0, before=10, after=0)
+    d = fake_peer_id("d")
+
+    def d_lands_after_three_peers_froze() -> None:
+        row = table.rows[("commits", 1)]
+        landed = row.pop(d)
+        for p in peers[1:4]:
+            p.engine.frozen_commits(1)
+        row[d] = landed
+
+    lockstep_round(peers, clock, 1, before=10, after=0, before_checks=d_lands_after_three_peers_froze)
+    named = {rec.commit_set for rec in table.rows[("votes", 1)].values()}
+    assert len(named) == 2  # the two sides did judge different sets
+    assert len({(p.state.version, p.state.checksum) for p in peers}) == 1
+    assert not any("not the majority's" in line for p in peers for line in p.lines)
+    entry = peers[0].ctx.store.commit(peers[0].state.version.hex())
+    assert d not in {c.peer_id for c in entry.contributions}  # decided over the set without it
+    assert len(entry.accepted) == 4

@@ -51,6 +51,6 @@ def test_ballot_carries_short_printable_reasons_for_rejections_only() -> None:
 
 def test_a_ballot_too_big_for_reasons_is_still_published_without_them() -> None:
     verdicts = {bytes([i]) * 32: reject("r" * 100) for i in range(MAX_DIGESTS_PER_RECORD)}
-    record = ballot(VOTER, verdicts)
-    assert len(record.votes) == MAX_DIGESTS_PER_RECORD
+    record = ballot(VOTER, verdicts, commit_set=b"\x07" * 32)  # the set it judged fits too
+    assert len(record.votes) == MAX_DIGESTS_PER_RECORD and record.commit_set == "07" * 32
     assert all(not v.accept and v.reason == "" for v in record.votes.values())
