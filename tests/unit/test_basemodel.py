@@ -77,3 +77,64 @@ def test_a_peer_serves_its_single_weights_file_and_nothing_without_one(tmp_path:
     (model / WEIGHTS_FILE).write_bytes(GOOD)
     assert serve_base(peers, model, KEY)  # type: ignore[arg-type]
     assert peers.offered[("base", KEY)]() == GOOD  # type: ignore[operator]
+
+
+class _Holder:
+    """One peer serving what serve_base offered, as the blob server would."""
+
+    def __init__(self, offered: dict[tuple[str, str], object]) -> None:
+        self.offered = offered
+        self.keys: list[str] = []
+
+    def fetch(self, peer: str, kind: str, key: str, *, max_size: int, timeout: float) -> bytes:
+        self.keys.append(key)
+        if (kind, key) not in self.offered:
+            raise BlobNotFound(f"{peer} does not hold {key[:12]}", peer_id=peer)
+        data = self.offered[(kind, key)]()  # type: ignore[operator]
+        assert len(data) <= max_size
+        return data
+
+
+def test_a_sharded_checkpoint_is_served_and_fetched_shard_by_shard(tmp_path: Path) -> None:
+    from hfkit import write_llama
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from swarmtrain.peer.basemodel import INDEX_FILE, shard_key
+
+    src = write_llama(tmp_path / "holder")
+    torch.manual_seed(0)
+    original = LlamaForCausalLM(LlamaConfig.from_pretrained(src))
+    original.save_pretrained(src, max_shard_size="20KB", safe_serialization=True)
+    shards = sorted(p.name for p in src.glob("model-*.safetensors"))
+    assert (src / INDEX_FILE).is_file() and len(shards) > 1 and not (src / WEIGHTS_FILE).exists()
+    peers = _Peers({})
+    assert serve_base(peers, src, KEY)  # type: ignore[arg-type]
+    assert set(peers.offered) == {("base", KEY)} | {("base", shard_key(KEY, n)) for n in shards}
+
+    def verify(directory: Path) -> str | None:
+        got = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True).state_dict()
+        same = all(torch.equal(got[k], v) for k, v in original.state_dict().items())
+        return None if same else "other weights"
+
+    holder, lines = _Holder(peers.offered), []  # type: ignore[var-annotated]
+    joiner = write_llama(tmp_path / "joiner")  # config only, as a joiner with --fetch-base has
+    got = fetch_base(holder, ["Qmholder"], KEY, joiner, tmp_path / "data", verify, lines.append)  # type: ignore[arg-type]
+    assert sorted(p.name for p in got.glob("model-*.safetensors")) == shards and (got / INDEX_FILE).is_file()
+    assert len(holder.keys) == 1 + len(shards)
+    assert any("verified against the genesis" in line for line in lines)
+
+
+@pytest.mark.parametrize("index, why", [
+    (b'{"weight_map": {"w": "../../outside.safetensors"}}', "not a plain .safetensors file name"),
+    (b'{"weight_map": {"w": "model.bin"}}', "not a plain .safetensors file name"),
+    (b'{"weight_map": {}}', "not a non-empty object"),
+    (b'{"weight_map": {"w": 3}}', "not a plain .safetensors file name"),
+    (b"\xff\xfe", "not a safetensors index"),
+])
+def test_a_hostile_index_writes_nothing_and_is_named(tmp_path: Path, index: bytes, why: str) -> None:
+    peers = _Peers({"Qmbad": index})
+    with pytest.raises(BaseFetchError, match=why):
+        fetch_base(peers, ["Qmbad"], KEY, _model_dir(tmp_path), tmp_path / "data", _verify,  # type: ignore[arg-type]
+                   lambda _: None)
+    assert sorted(p.name for p in (tmp_path / "data" / "base-model").iterdir()) == ["config.json"]
+    assert not (tmp_path / "outside.safetensors").exists() and peers.asked == ["Qmbad"]
