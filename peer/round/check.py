@@ -17,6 +17,7 @@ from swarmtrain.peer.training.tasks import Task
 from swarmtrain.peer.training.trainer import evaluate_loss
 from swarmtrain.peer.round.copies import near_copies
 from swarmtrain.peer.round.decision import merge_weight
+from swarmtrain.peer.round.direction import against_own
 from swarmtrain.peer.round.validity import InvalidUpdate, open_update
 from swarmtrain.peer.round.vote import Verdict, judge, reference_norm, reject
 from swarmtrain.peer.training.norms import update_norm
@@ -76,6 +77,7 @@ class Checker:
         own_norms: Iterable[float] = (),
         round_samples: int | None = None,
         merged_last_round: Mapping[bytes, bytes] | None = None,
+        own_payload: bytes | None = None,
     ) -> dict[bytes, Verdict]:
         """Verdicts keyed by committed digest for the updates this peer was assigned.
 
@@ -87,6 +89,8 @@ class Checker:
         ``merged_last_round``: payloads merged into ``version``, by digest: an update that
         is a near-copy of one of them, or of another update checked here, is rejected
         (:mod:`.copies`).
+        ``own_payload``: this checker's own update of the round, on ``version``: an update
+        pointing against it is rejected (:mod:`.direction`).
         """
         subs = list(submissions)
         decoded: dict[bytes, dict[str, Tensor]] = {}
@@ -102,6 +106,11 @@ class Checker:
         for digest, why in near_copies(decoded, self._open_all(merged_last_round or {}, params)).items():
             verdicts[digest] = reject(why)
             del decoded[digest]
+        own = None if own_payload is None else self._open(own_payload, params)
+        if own is not None:
+            for digest, why in against_own(decoded, own).items():
+                verdicts[digest] = reject(why)
+                del decoded[digest]
         if not decoded:
             return verdicts
         cap = max_samples(self.config)
@@ -120,13 +129,14 @@ class Checker:
     def _open_all(self, payloads: Mapping[bytes, bytes], params: Mapping[str, Tensor]) -> dict[bytes, dict[str, Tensor]]:
         """Payloads this peer merged, opened again to compare against (one that does not
         open was refused at merge and was never part of the model)."""
-        opened = {}
-        for digest, payload in payloads.items():
-            try:
-                opened[digest] = open_update(payload, params=params, codec=self.config.codec)
-            except InvalidUpdate:
-                continue
-        return opened
+        opened = {digest: self._open(payload, params) for digest, payload in payloads.items()}
+        return {digest: update for digest, update in opened.items() if update is not None}
+
+    def _open(self, payload: bytes, params: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
+        try:
+            return open_update(payload, params=params, codec=self.config.codec)
+        except InvalidUpdate:
+            return None
 
 
 def colluding_verdicts(fellows: Mapping[bytes, bool]) -> dict[bytes, Verdict]:

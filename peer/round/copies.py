@@ -32,12 +32,13 @@ from swarmtrain.peer.training import faults
 
 NEAR_COPY_COSINE = 0.95
 
-__all__ = ["NEAR_COPY_COSINE", "copycat_source", "cosine", "near_copies"]
+__all__ = ["NEAR_COPY_COSINE", "copycat_source", "cosine", "flat", "near_copies"]
 
 Update = Mapping[str, Tensor]
 
 
-def _flat(update: Update) -> Tensor:
+def flat(update: Update) -> Tensor:
+    """All of an update's values in one float64 vector, tensors in name order."""
     return torch.cat([update[name].detach().flatten().to(torch.float64) for name in sorted(update)])
 
 
@@ -64,18 +65,18 @@ def near_copies(updates: Mapping[bytes, Update], earlier: Mapping[bytes, Update]
     """Digest -> why, for each of ``updates`` (this round's, as this checker decoded them)
     within ``threshold`` of an ``earlier`` update (merged last round) or of another of
     ``updates`` (then both: nobody can tell which came first)."""
-    flat = {d: _flat(u) for d, u in updates.items()}
-    before = {d: _flat(u) for d, u in earlier.items()}
+    vectors = {d: flat(u) for d, u in updates.items()}
+    before = {d: flat(u) for d, u in earlier.items()}
     found: dict[bytes, str] = {}
-    for digest in sorted(flat):
+    for digest in sorted(vectors):
         for other, vector in before.items():
-            if other != digest and (c := cosine(flat[digest], vector)) >= threshold:
+            if other != digest and (c := cosine(vectors[digest], vector)) >= threshold:
                 found[digest] = f"near-copy of update {other.hex()[:12]} merged last round (cosine {c:.3f})"
                 break
-    ordered = sorted(flat)
+    ordered = sorted(vectors)
     for i, a in enumerate(ordered):
         for b in ordered[i + 1:]:
-            if (c := cosine(flat[a], flat[b])) >= threshold:
+            if (c := cosine(vectors[a], vectors[b])) >= threshold:
                 found.setdefault(a, f"near-copy of update {b.hex()[:12]} of this round (cosine {c:.3f})")
                 found.setdefault(b, f"near-copy of update {a.hex()[:12]} of this round (cosine {c:.3f})")
     return found

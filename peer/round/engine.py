@@ -162,7 +162,8 @@ class RoundEngine:
         verdicts = ctx.checker.check_round(state.params, state.version, submissions, seen=self._seen,
                                            loss_before=state.validation_loss, own_norms=[update.sent_norm],
                                            round_samples=round_weight(admitted, max_samples(ctx.config)),
-                                           merged_last_round=self.merged_into(state))
+                                           merged_last_round=self.merged_into(state),
+                                           own_payload=update.payload if update.base_version == state.version else None)
         if verdicts:
             ctx.records.publish_votes(r, ballot(ctx.peer_id, verdicts, commit_set_digest(commitments_of(commits))))
         return verdicts

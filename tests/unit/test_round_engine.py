@@ -37,7 +37,7 @@ def test_peers_in_lockstep_agree_and_reject_the_faulty_one(tmp_path: Path) -> No
         commits = table.rows[("commits", r)]
         history = peers[0].ctx.store.commit(peers[0].state.version.hex())
         flip = next(c for c in history.contributions if c.peer_id == fake_peer_id("flip"))
-        assert not flip.accepted and ("uphill" in flip.reason or "loss rose" in flip.reason), flip.reason
+        assert not flip.accepted and ("points against" in flip.reason or "loss rose" in flip.reason), flip.reason
         assert {c.peer_id for c in history.accepted} == {fake_peer_id(n) for n in "abc"}
         ballots = {voter: {bytes.fromhex(d): Vote(v.accept, v.reason) for d, v in rec.votes.items()}
                    for voter, rec in table.rows[("votes", r)].items()}
