@@ -85,7 +85,9 @@ def test_plain_hivemind_bootstrap_honest_peers_agree_and_faults_are_rejected(tmp
 @pytest.mark.timeout(300)
 def test_late_joiner_and_killed_peer_catch_up_and_agree(tmp_path: Path) -> None:
     """A peer joining after round 1, and a peer SIGKILLed and restarted on its data dir,
-    both end on the same version and checksum as the peers that never left."""
+    both end on the same version and checksum as the peers that never left. The killed
+    peer trains with `--inner-optim wide-adamw` (an inner optimizer is each peer's own
+    choice), so its state is restored on restart over real peers too."""
     swarm = Swarm(tmp_path, "itest-b")
     try:
         # a and b stay 7 rounds: the joiners below catch up and play a round while they are there.
@@ -96,13 +98,14 @@ def test_late_joiner_and_killed_peer_catch_up_and_agree(tmp_path: Path) -> None:
         assert address in (tmp_path / "a.addr").read_text().splitlines()
         assert all(a.startswith("/ip4/127.") for a in (tmp_path / "a.addr").read_text().split())
         swarm.start("b", *SMOKE, "--rounds", "7", "--initial-peers", address)
-        victim = swarm.start("c", *SMOKE, "--rounds", "5", "--initial-peers", address)
+        victim = swarm.start("c", *SMOKE, "--rounds", "5", "--initial-peers", address, "--inner-optim", "wide-adamw")
         swarm.wait_for_line("a", "round 1:", timeout=120)
         # Kill c without warning (its DHT child and p2pd go with its process group) ...
         victim.stop(sig=signal.SIGKILL)
         swarm.start("d", *SMOKE, "--rounds", "1", "--initial-peers", address)
         # ... and restart it on the same data dir: same identity, resumes from its versions.
-        swarm.start("c2", *SMOKE, "--rounds", "1", "--initial-peers", address, data_dir="c")
+        swarm.start("c2", *SMOKE, "--rounds", "1", "--initial-peers", address, "--inner-optim", "wide-adamw",
+                    data_dir="c")
         swarm.wait("a", "b", "c2", "d", timeout=200)
     finally:
         swarm.stop_all()
@@ -115,6 +118,9 @@ def test_late_joiner_and_killed_peer_catch_up_and_agree(tmp_path: Path) -> None:
         assert (rounds[last].version_id, rounds[last].state_checksum) == \
             (a[last].version_id, a[last].state_checksum)
     assert _peer_id(swarm.peers["c"].log_text()) == _peer_id(swarm.peers["c2"].log_text())
+    # Its wide-adamw updates pass the others' checks like AdamW ones.
+    c_id = _peer_id(swarm.peers["c"].log_text())
+    assert any(x.peer_id == c_id and x.accepted for commit in a.values() for x in commit.contributions)
     assert "resuming from version" in swarm.peers["c2"].log_text()
     # Neither took a state on anyone's word: both re-derived the rounds they missed.
     for name in ("d", "c2"):
