@@ -24,14 +24,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
-from report import emit
+from report import command, emit, machine
 
 from swarmtrain.peer.config import CodecConfig, OuterConfig, SwarmConfig, preset
 from swarmtrain.peer.round.simulate import RoundReport, Simulation
@@ -92,6 +90,13 @@ def run(cfg: SwarmConfig, rounds: int, attack: Attack | None) -> dict[str, objec
     }
 
 
+def against(result: dict[str, object], baseline: dict[str, object]) -> dict[str, float]:
+    """A row's final loss over the all-honest run's, and its share of honest updates merged."""
+    honest = result["honest_accepted"]
+    return {"loss_ratio": round(result["final_loss"] / baseline["final_loss"], 4),  # type: ignore[operator]
+            "honest_accepted_share": round(honest["accepted"] / max(1, honest["updates"]), 4)}  # type: ignore[index]
+
+
 def _count(reports: list[RoundReport], who) -> dict[str, int]:  # type: ignore[no-untyped-def]
     outcomes = [o for r in reports for o in r.outcomes if who(o.peer)]
     return {"accepted": sum(o.accepted for o in outcomes), "updates": len(outcomes)}
@@ -113,20 +118,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and args.only not in attack.name:
             continue
         result = run(cfg, args.rounds, attack)
-        honest = result["honest_accepted"]
-        rows.append({
-            "attack": attack.name, "fault": attack.fault, "attackers": attack.attackers,
-            "attack_from": attack.attack_from, **result,
-            "loss_ratio": round(result["final_loss"] / baseline["final_loss"], 4),  # type: ignore[operator]
-            "honest_accepted_share": round(honest["accepted"] / max(1, honest["updates"]), 4),  # type: ignore[index]
-        })
+        rows.append({"attack": attack.name, "fault": attack.fault, "attackers": attack.attackers,
+                     "attack_from": attack.attack_from, **result, **against(result, baseline)})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     doc = {
         "benchmark": "attacks",
-        "command": "python benchmarks/attacks.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command("attacks.py", argv),
         "task": cfg.task, "honest_peers": HONEST, "rounds": args.rounds, "inner_steps": args.inner_steps,
         "codec": {"density": cfg.codec.density, "bits": cfg.codec.bits},
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cores": os.cpu_count()},
+        "machine": machine(),
         "all_honest": baseline, "rows": rows,
     }
     emit(doc, args.out)

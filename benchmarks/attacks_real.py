@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -36,8 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from report import emit
+from attacks import against
+from report import command, emit, machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
 from swarmkit import SMOKE, Swarm, by_round, heldout_loss, history  # noqa: E402  (the integration tests' helpers)
@@ -153,16 +151,14 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             result = run(root, i, row, rounds=args.rounds, inner_steps=args.inner_steps,
                          start_delay=args.start_delay, identities=args.identities)
-            honest = result["honest_accepted"]
             rows.append({"attack": row.name, "fault": row.fault, "attackers": row.attackers, **result,
-                         "loss_ratio": round(result["final_loss"] / baseline["final_loss"], 4),  # type: ignore[operator]
-                         "honest_accepted_share": round(honest["accepted"] / max(1, honest["updates"]), 4)})  # type: ignore[index]
+                         **against(result, baseline)})
             print(rows[-1], file=sys.stderr, flush=True)
     doc = {
         "benchmark": "attacks-real",
-        "command": "python benchmarks/attacks_real.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command("attacks_real.py", argv),
         "preset": "smoke", "honest_peers": HONEST, "rounds": args.rounds, "inner_steps": args.inner_steps,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cores": os.cpu_count()},
+        "machine": machine(),
         "all_honest": baseline, "rows": rows,
     }
     emit(doc, args.out)

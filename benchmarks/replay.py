@@ -20,15 +20,13 @@ replay's cost does not depend on how long the rounds trained.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from report import emit
+from report import command, emit, machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit"))
 from memswarm import MemoryTable, lockstep_round, memory_swarm  # noqa: E402  (the unit tests' in-memory swarm)
@@ -114,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         network = dht_reads(table, args.rounds, Path(tmp)) if args.dht else None
     doc = {
         "benchmark": "replay",
-        "command": "python benchmarks/replay.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command("replay.py", argv),
         "preset": args.preset, "task": config.task, "peers": len(early), "rounds": args.rounds,
         "parameters": sum(t.numel() for t in target.params.values()),
         "codec": {"density": config.codec.density, "bits": config.codec.bits},
@@ -124,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         "play_seconds": round(played_s, 1),
         "joiner_disk_bytes": store_bytes,
         "dht": network,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cores": os.cpu_count()},
+        "machine": machine(),
     }
     emit(doc, args.out)
     return 0 if verified else 1

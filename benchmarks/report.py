@@ -12,3 +12,20 @@ def emit(doc: dict[str, object], out: Path | None) -> None:
     print(text)
     if out is not None:
         out.write_text(text + "\n")
+
+
+def machine() -> dict[str, object]:
+    """What a CPU result depends on: Python, torch and the core count."""
+    import os
+    import platform
+
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "cores": os.cpu_count()}
+
+
+def command(script: str, argv: list[str] | None) -> str:
+    """The command line that produced a result, as the README quotes it."""
+    import sys
+
+    return f"python benchmarks/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
