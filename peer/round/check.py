@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from swarmtrain.peer.config import SwarmConfig, max_samples
+from swarmtrain.peer.training.contribute import LocalUpdate
 from swarmtrain.peer.training.tasks import Task
 from swarmtrain.peer.training.trainer import evaluate_loss
 from swarmtrain.peer.round.copies import near_copies
@@ -74,23 +75,21 @@ class Checker:
         *,
         seen: set[bytes],
         loss_before: float | None = None,
-        own_norms: Iterable[float] = (),
         round_samples: int | None = None,
         merged_last_round: Mapping[bytes, bytes] | None = None,
-        own_payload: bytes | None = None,
+        own: LocalUpdate | None = None,
     ) -> dict[bytes, Verdict]:
         """Verdicts keyed by committed digest for the updates this peer was assigned.
 
-        ``own_norms``: norms of this peer's own honest updates: they join the round's
-        median and anchor it (:func:`~swarmtrain.peer.round.vote.reference_norm`), so
-        neither one outlier in a tiny swarm nor many junk updates can drag it.
         ``round_samples``: the merge weights of all the round's commitments together
         (default: those of ``submissions``); each update is judged at its real share.
         ``merged_last_round``: payloads merged into ``version``, by digest: an update that
         is a near-copy of one of them, or of another update checked here, is rejected
         (:mod:`.copies`).
-        ``own_payload``: this checker's own update of the round, on ``version``: an update
-        pointing against it is rejected (:mod:`.direction`).
+        ``own``: this checker's own update of the round. Its norm joins the round's median
+        and anchors it (:func:`~swarmtrain.peer.round.vote.reference_norm`), so neither one
+        outlier in a tiny swarm nor many junk updates can drag it; when it was built on
+        ``version``, an update pointing against it is rejected (:mod:`.direction`).
         """
         subs = list(submissions)
         decoded: dict[bytes, dict[str, Tensor]] = {}
@@ -106,9 +105,9 @@ class Checker:
         for digest, why in near_copies(decoded, self._open_all(merged_last_round or {}, params)).items():
             verdicts[digest] = reject(why)
             del decoded[digest]
-        own = None if own_payload is None else self._open(own_payload, params)
-        if own is not None:
-            for digest, why in against_own(decoded, own).items():
+        mine = self._open(own.payload, params) if own is not None and own.base_version == version else None
+        if mine is not None:
+            for digest, why in against_own(decoded, mine).items():
                 verdicts[digest] = reject(why)
                 del decoded[digest]
         if not decoded:
@@ -117,7 +116,7 @@ class Checker:
         weight = {s.committed_digest: merge_weight(s.samples, cap) for s in subs}
         total = max(round_samples or 0, sum(weight.values()))
         before = self.loss(params) if loss_before is None else loss_before
-        reference = reference_norm([update_norm(t) for t in decoded.values()], own_norms)
+        reference = reference_norm([update_norm(t) for t in decoded.values()], [] if own is None else [own.sent_norm])
         for digest in sorted(decoded):
             verdicts[digest] = judge(
                 decoded[digest], params=params, loss_before=before, evaluate=self.loss,

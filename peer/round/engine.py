@@ -136,8 +136,10 @@ class RoundEngine:
         """After the commit deadline: fetch what this peer must check, check it, vote."""
         ctx = self.ctx
         commits = self.frozen_commits(r)
+        commitments = commitments_of(commits)
+        judged_set = commit_set_digest(commitments)  # what this peer's ballot says it judged
         standing = self.standing(state)
-        admitted = admit(r, commitments_of(commits), standing=standing, work=ctx.work).admitted
+        admitted = admit(r, commitments, standing=standing, work=ctx.work).admitted
         table = checker_table(r, admitted, ctx.config.vote.checkers_per_update, standing, state.version)
         authors = {c.digest: peer for peer, c in admitted.items()}
         mine = {d: authors[d] for d, who in table.items() if ctx.peer_id in who}
@@ -145,7 +147,7 @@ class RoundEngine:
             verdicts = colluding_verdicts({d: faults.is_colluder_commitment(commits[a].train_loss)
                                            for d, a in mine.items()})
             if verdicts:
-                ctx.records.publish_votes(r, ballot(ctx.peer_id, verdicts, commit_set_digest(commitments_of(commits))))
+                ctx.records.publish_votes(r, ballot(ctx.peer_id, verdicts, judged_set))
             return verdicts
         # Repeat offenders' updates are not downloaded: rejected unread, for a reason
         # that is no offence, until their offences age out of the window.
@@ -160,12 +162,11 @@ class RoundEngine:
         # state.validation_loss, when known, is this checker's loss of these very params
         # (measured at the merge that made them, on the same held-out batches).
         verdicts = ctx.checker.check_round(state.params, state.version, submissions, seen=self._seen,
-                                           loss_before=state.validation_loss, own_norms=[update.sent_norm],
+                                           loss_before=state.validation_loss, own=update,
                                            round_samples=round_weight(admitted, max_samples(ctx.config)),
-                                           merged_last_round=self.merged_into(state),
-                                           own_payload=update.payload if update.base_version == state.version else None)
+                                           merged_last_round=self.merged_into(state))
         if verdicts:
-            ctx.records.publish_votes(r, ballot(ctx.peer_id, verdicts, commit_set_digest(commitments_of(commits))))
+            ctx.records.publish_votes(r, ballot(ctx.peer_id, verdicts, judged_set))
         return verdicts
 
     def decide(self, r: int, state: ModelState) -> tuple[RoundDecision, dict[str, CommitRecord]]:

@@ -186,9 +186,7 @@ class Simulation:
                     for s in mine]
             verdicts = own[peer.name] = peer.checker.check_round(
                 self.params, self.version, mine, seen=self._seen,
-                own_norms=[updates[peer.name].sent_norm],
-                round_samples=round_weight(admitted, cap), merged_last_round=self._merged,
-                own_payload=updates[peer.name].payload if updates[peer.name].base_version == self.version else None,
+                own=updates[peer.name], round_samples=round_weight(admitted, cap), merged_last_round=self._merged,
             )
             ballots[peer.name] = {d: Vote(v.accept, v.reason) for d, v in verdicts.items()}
         decision = decide(self.round, self.version, commitments, ballots,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from test_round_engine import CONFIG
 from swarmtrain.peer.round.check import Submission
 from swarmtrain.peer.round.direction import AGAINST_OWN_COSINE, against_own
 from swarmtrain.peer.round.vote import Verdict
+from swarmtrain.peer.training.contribute import LocalUpdate
 
 
 def test_only_updates_opposed_to_the_checkers_own_are_named() -> None:
@@ -44,13 +46,15 @@ def test_a_flipped_update_the_loss_vote_let_through_is_rejected_by_its_direction
                        updates[n].samples, updates[n].payload) for n in ("b", "flip")]
     monkeypatch.setattr(check, "judge", lambda *a, **k: Verdict(True, "ok"))
 
-    def judged(own: bytes | None) -> dict[str, Verdict]:
-        got = checker.ctx.checker.check_round(state.params, state.version, subs, seen=set(),
-                                              own_norms=[updates["a"].sent_norm], own_payload=own)
+    def judged(own: LocalUpdate | None) -> dict[str, Verdict]:
+        got = checker.ctx.checker.check_round(state.params, state.version, subs, seen=set(), own=own)
         return {n: got[updates[n].committed_digest] for n in ("b", "flip")}
 
     assert all(v.accept for v in judged(None).values())  # the fooled loss vote alone
-    verdicts = judged(updates["a"].payload)
+    # Its own update on another version is no reference for this one's direction.
+    stale = dataclasses.replace(updates["a"], base_version=b"\x00" * 32)
+    assert all(v.accept for v in judged(stale).values())
+    verdicts = judged(updates["a"])
     assert not verdicts["flip"].accept, verdicts["flip"]
     assert verdicts["flip"].reason.startswith("points against this checker's update (cosine -")
     assert verdicts["b"].accept
