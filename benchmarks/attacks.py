@@ -26,6 +26,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,7 +43,7 @@ IDENTITY_BITS = 12  # the free-identity row's swarm prices identities at 2^12 ha
 @dataclasses.dataclass(frozen=True)
 class Attack:
     name: str
-    fault: str
+    fault: str | None  # None: the all-honest run
     attackers: int
     attack_from: int = 1
 
@@ -90,6 +91,28 @@ def run(cfg: SwarmConfig, rounds: int, attack: Attack | None) -> dict[str, objec
     }
 
 
+def run_rows(attacks: list[Attack], run_one: Callable[[Attack], dict[str, object]], baseline: dict[str, object],
+             only: str | None) -> list[dict[str, object]]:
+    """Each attack's row (those whose name contains ``only``, if given): its result and
+    how it compares with the all-honest ``baseline``, printed to stderr as it comes."""
+    rows: list[dict[str, object]] = []
+    for attack in attacks:
+        if only and only not in attack.name:
+            continue
+        result = run_one(attack)
+        rows.append({"attack": attack.name, "fault": attack.fault, "attackers": attack.attackers,
+                     "attack_from": attack.attack_from, **result, **against(result, baseline)})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def emit_matrix(benchmark: str, script: str, argv: list[str] | None, settings: dict[str, object],
+                baseline: dict[str, object], rows: list[dict[str, object]], out: Path | None) -> None:
+    """An attack matrix's JSON document: what was run, on what, the baseline and the rows."""
+    emit({"benchmark": benchmark, "command": command(script, argv), **settings, "machine": machine(),
+          "all_honest": baseline, "rows": rows}, out)
+
+
 def against(result: dict[str, object], baseline: dict[str, object]) -> dict[str, float]:
     """A row's final loss over the all-honest run's, and its share of honest updates merged."""
     honest = result["honest_accepted"]
@@ -113,23 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     cfg = config(args.inner_steps, args.task)
     baseline = run(cfg, args.rounds, None)
-    rows = []
-    for attack in matrix():
-        if args.only and args.only not in attack.name:
-            continue
-        result = run(cfg, args.rounds, attack)
-        rows.append({"attack": attack.name, "fault": attack.fault, "attackers": attack.attackers,
-                     "attack_from": attack.attack_from, **result, **against(result, baseline)})
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    doc = {
-        "benchmark": "attacks",
-        "command": command("attacks.py", argv),
+    rows = run_rows(matrix(), lambda attack: run(cfg, args.rounds, attack), baseline, args.only)
+    emit_matrix("attacks", "attacks.py", argv, {
         "task": cfg.task, "honest_peers": HONEST, "rounds": args.rounds, "inner_steps": args.inner_steps,
         "codec": {"density": cfg.codec.density, "bits": cfg.codec.bits},
-        "machine": machine(),
-        "all_honest": baseline, "rows": rows,
-    }
-    emit(doc, args.out)
+    }, baseline, rows, args.out)
     return 0
 
 

@@ -26,7 +26,7 @@ Per row:
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import shutil
 import subprocess
 import sys
@@ -34,8 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from attacks import against
-from report import command, emit, machine
+from attacks import Attack, emit_matrix, run_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
 from swarmkit import SMOKE, Swarm, by_round, heldout_loss, history  # noqa: E402  (the integration tests' helpers)
@@ -45,24 +44,18 @@ from swarmtrain.dht.identity import IDENTITY_FILENAME  # noqa: E402
 HONEST = 3
 
 
-@dataclasses.dataclass(frozen=True)
-class Row:
-    name: str
-    fault: str | None
-    attackers: int
-
-
-ROWS = [
-    Row("all honest (repeat: run-to-run noise)", None, 0),
-    Row("4 colluders (3 honest)", "collude", 4),
-    Row("6 colluders (2x sybils)", "collude", 6),
-    Row("1 x late-commit", "late-commit", 1),
-    Row("1 x copycat", "copycat", 1),
-    Row("1 x overflow", "overflow", 1),
-    Row("1 x inflate", "inflate", 1),
-    Row("1 x bad-checksum", "bad-checksum", 1),
-    Row("1 x metadata", "metadata", 1),
-]
+# Every attacker is there from round 0.
+ROWS = [Attack(name, fault, attackers, attack_from=0) for name, fault, attackers in (
+    ("all honest (repeat: run-to-run noise)", None, 0),
+    ("4 colluders (3 honest)", "collude", 4),
+    ("6 colluders (2x sybils)", "collude", 6),
+    ("1 x late-commit", "late-commit", 1),
+    ("1 x copycat", "copycat", 1),
+    ("1 x overflow", "overflow", 1),
+    ("1 x inflate", "inflate", 1),
+    ("1 x bad-checksum", "bad-checksum", 1),
+    ("1 x metadata", "metadata", 1),
+)]
 
 
 def _peer_id(log: str) -> str | None:
@@ -70,7 +63,7 @@ def _peer_id(log: str) -> str | None:
     return next((line.split()[1] for line in log.splitlines() if line.startswith("peer ")), None)
 
 
-def run(root: Path, index: int, row: Row, *, rounds: int, inner_steps: int, start_delay: float,
+def run(root: Path, index: int, row: Attack, *, rounds: int, inner_steps: int, start_delay: float,
         identities: Path | None = None) -> dict[str, object]:
     started = time.monotonic()
     swarm = Swarm(root / f"row{index}", f"attacks-real-{index}")
@@ -142,26 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="attacks-real-") as tmp:
         root = Path(tmp)
-        baseline = run(root, 0, Row("all honest", None, 0), rounds=args.rounds, inner_steps=args.inner_steps,
-                       start_delay=args.start_delay, identities=args.identities)
+        swarm = functools.partial(run, root, rounds=args.rounds, inner_steps=args.inner_steps,
+                                  start_delay=args.start_delay, identities=args.identities)
+        baseline = swarm(0, Attack("all honest", None, 0, attack_from=0))
         print(baseline, file=sys.stderr, flush=True)
-        rows = []
-        for i, row in enumerate(ROWS, start=1):
-            if args.only and args.only not in row.name:
-                continue
-            result = run(root, i, row, rounds=args.rounds, inner_steps=args.inner_steps,
-                         start_delay=args.start_delay, identities=args.identities)
-            rows.append({"attack": row.name, "fault": row.fault, "attackers": row.attackers, **result,
-                         **against(result, baseline)})
-            print(rows[-1], file=sys.stderr, flush=True)
-    doc = {
-        "benchmark": "attacks-real",
-        "command": command("attacks_real.py", argv),
+        rows = run_rows(ROWS, lambda row: swarm(ROWS.index(row) + 1, row), baseline, args.only)
+    emit_matrix("attacks-real", "attacks_real.py", argv, {
         "preset": "smoke", "honest_peers": HONEST, "rounds": args.rounds, "inner_steps": args.inner_steps,
-        "machine": machine(),
-        "all_honest": baseline, "rows": rows,
-    }
-    emit(doc, args.out)
+    }, baseline, rows, args.out)
     return 0
 
 
