@@ -405,13 +405,16 @@ class Node:
                 # wide-adamw: the next merge likely averages about as many updates as this one.
                 self.trainer.set_swarm_size(result.summary.accepted)
                 summaries.append(result.summary)
+                # The status before the round is counted: a scrape that sees rounds_total go up
+                # sees every total behind the round (sent bytes once still read 0 in between).
+                status = self._status_record(role="training")
                 self.options.metrics.round_done(result.summary, train_loss=update.train_loss,
                                                 contributions=recorded_contributions(self.context.store, result.summary),
                                                 throughput=self.worker.stats(),
                                                 own_totals=(self.engine.accepted, self.engine.rejected))
                 self._save_local_state()
                 self.options.announce(result.summary.line())
-                self.heartbeat(role="training")
+                self.records.heartbeat(status)
             stats = self.worker.stats()
             self.options.announce(
                 f"trained {stats.steps} steps in {stats.wall_seconds:.1f}s "
@@ -454,6 +457,11 @@ class Node:
 
     def heartbeat(self, role: str) -> None:
         """Publish this peer's status record (what ``swarmtrain status`` shows)."""
+        self.records.heartbeat(self._status_record(role))
+
+    def _status_record(self, role: str) -> PeerRecord:
+        """This peer's status now, also handed to its metrics (which advance every running
+        total from it)."""
         assert self.exchange is not None
         sent = self.exchange.stats()
         stats = None if self.worker is None else self.worker.stats()
@@ -475,7 +483,7 @@ class Node:
         )
         self.options.metrics.peer_status(record, invalid_records=self.records.invalid_records,
                                          fetch_failures=sent.fetches_failed)
-        self.records.heartbeat(record)
+        return record
 
     def close(self) -> None:
         """Stop serving, leave the DHT, release the data dir (safe to call twice)."""
