@@ -162,7 +162,8 @@ def checker_candidates(commitments: Mapping[str, Commitment], standing: Collecti
 
 
 def checker_table(round_index: int, commitments: Mapping[str, Commitment], k: int,
-                  standing: Collection[str] = (), parent: bytes = b"") -> dict[bytes, tuple[str, ...]]:
+                  standing: Collection[str] = (), parent: bytes = b"",
+                  founder: str | None = None) -> dict[bytes, tuple[str, ...]]:
     """Who checks which admitted update of the round.
 
     - At least :data:`MIN_STANDING_CHECKERS` committers with standing: they alone are
@@ -174,7 +175,18 @@ def checker_table(round_index: int, commitments: Mapping[str, Commitment], k: in
       round): it checks every other update alone, and its own is drawn from everyone
       else. Before, a new swarm's round 0 drew from every committer, and a colluding
       majority present from the start voted itself in and kept standing for good.
+      When that one is the ``founder`` (the genesis' creator), its own update has no
+      checkers and is accepted without votes (:func:`decide`): every joiner already
+      trusts the founder through the genesis it pinned, while newcomers, who have
+      earned nothing, vetoed its round-0 update on real peers (4 and 6 colluders, both
+      runs), which also cost it standing for round 1, where a 1-1 tie then rejected
+      its next honest update. Any other lone peer with standing stays checked by the
+      rest: it may have reached standing by outlasting the others, and the newcomers'
+      veto is what stops it from poisoning while it alone judges everyone else.
     - None: every committer is drawn (a swarm whose founder left before round 0).
+
+    An update with no checkers (a lone committer, or the trusted founder above) is
+    accepted without votes.
     """
     authors = {c.digest: author for author, c in commitments.items()}
     with_standing = checker_candidates(commitments, standing)
@@ -184,7 +196,8 @@ def checker_table(round_index: int, commitments: Mapping[str, Commitment], k: in
     if not with_standing:
         return everyone
     (lone,) = with_standing
-    return {d: everyone[d] if author == lone else (lone,) for d, author in authors.items()}
+    own = () if lone == founder else None
+    return {d: (everyone[d] if own is None else own) if author == lone else (lone,) for d, author in authors.items()}
 
 
 def decide(
@@ -197,24 +210,25 @@ def decide(
     max_samples: int,
     standing: Collection[str] = (),
     work: IdentityWork | None = None,
+    founder: str | None = None,
 ) -> RoundDecision:
     """Decide round ``round_index`` of version ``parent``.
 
     ``commitments`` is keyed by author (one commitment per peer and round, as the DHT
     records are), ``ballots`` by voter; both as frozen at their deadlines. Only admitted
     commitments (:func:`admit`) count. An update is accepted when more of its assigned
-    checkers accept than reject it; a lone committer is accepted without votes, since
-    nobody can check it and nobody else is affected (otherwise the first peer of a new
-    swarm would waste its first rounds). Merge weights are the claimed samples capped at
+    checkers accept than reject it. An update without checkers is accepted without
+    votes: a lone committer's, since nobody can check it and nobody else is affected
+    (otherwise the first peer of a new swarm would waste its first rounds), and the
+    ``founder``'s while it alone has standing (:func:`checker_table`). Merge weights are the claimed samples capped at
     ``max_samples``, here and not only at checkers, so no claim can dominate the mean.
     """
     admission = admit(round_index, commitments, standing=standing, work=work)
     admitted = admission.admitted
     authors = {c.digest: author for author, c in admitted.items()}
-    table = checker_table(round_index, admitted, checkers_per_update, standing, parent)
+    table = checker_table(round_index, admitted, checkers_per_update, standing, parent, founder)
     counts = tally({voter: {d: v.accept for d, v in votes.items()} for voter, votes in ballots.items()}, table)
-    if len(authors) == 1:
-        counts = {d: Tally(1, 0) for d in authors}
+    counts.update({d: Tally(1, 0) for d, who in table.items() if not who})
     reasons = {voter: {d: v.reason for d, v in votes.items() if not v.accept and v.reason}
                for voter, votes in ballots.items()}
     accepted = tuple(sorted(d for d, t in counts.items() if passes(t, authors[d] in standing)))

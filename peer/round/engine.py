@@ -140,7 +140,8 @@ class RoundEngine:
         judged_set = commit_set_digest(commitments)  # what this peer's ballot says it judged
         standing = self.standing(state)
         admitted = admit(r, commitments, standing=standing, work=ctx.work).admitted
-        table = checker_table(r, admitted, ctx.config.vote.checkers_per_update, standing, state.version)
+        table = checker_table(r, admitted, ctx.config.vote.checkers_per_update, standing, state.version,
+                              ctx.founder)
         authors = {c.digest: peer for peer, c in admitted.items()}
         mine = {d: authors[d] for d, who in table.items() if ctx.peer_id in who}
         if faults.colludes(self.fault):
@@ -184,7 +185,8 @@ class RoundEngine:
         commits = commit_views(frozen, ctx.records.commits(r), votes, standing)[0] if named_other else frozen
         decision = decide(r, state.version, commitments_of(commits), ballots_of(votes),
                           checkers_per_update=ctx.config.vote.checkers_per_update,
-                          max_samples=max_samples(ctx.config), standing=standing, work=ctx.work)
+                          max_samples=max_samples(ctx.config), standing=standing, work=ctx.work,
+                          founder=ctx.founder)
         return decision, commits
 
     def merge(self, r: int, state: ModelState, decision: RoundDecision, commits: dict[str, CommitRecord],

@@ -113,7 +113,8 @@ def commit_views(frozen: Mapping[str, CommitRecord] | None, now: Mapping[str, Co
 
 def matching_decision(round_: int, parent: bytes, claim: Claim, views: list[dict[str, CommitRecord]],
                       ballots: Ballots, *, config: SwarmConfig, standing: frozenset[str],
-                      work: IdentityWork | None = None) -> tuple[RoundDecision, dict[str, CommitRecord]] | None:
+                      work: IdentityWork | None = None,
+                      founder: str | None = None) -> tuple[RoundDecision, dict[str, CommitRecord]] | None:
     """The decision, over one of ``views``, whose accepted updates include all of the
     claim's; None when the claim cannot come out of these records on ``parent``.
 
@@ -125,7 +126,7 @@ def matching_decision(round_: int, parent: bytes, claim: Claim, views: list[dict
     for view in views:
         decision = decide(round_, parent, commitments_of(view), ballots,
                           checkers_per_update=config.vote.checkers_per_update,
-                          max_samples=max_samples(config), standing=standing, work=work)
+                          max_samples=max_samples(config), standing=standing, work=work, founder=founder)
         if claim.accepted <= set(decision.accepted):
             return decision, view
     return None
@@ -210,7 +211,7 @@ class Recomputer:
         standing = standing_of(ctx.store, parent.version, ctx.founder)
         views = commit_views(frozen, ctx.records.commits(r), votes, standing)
         found = matching_decision(r, parent.version, claim, views, ballots, config=ctx.config,
-                                  standing=standing, work=ctx.work)
+                                  standing=standing, work=ctx.work, founder=ctx.founder)
         if found is None:
             return (f"its {len(claim.accepted)} accepted update(s) do not follow from version "
                     f"{parent_version.hex()[:12]} and the signed commitments and ballots of round {r}")

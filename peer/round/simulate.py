@@ -128,7 +128,8 @@ class Simulation:
         self._seen: set[bytes] = set()
         # Who has standing: the first peer founded the swarm (the genesis' creator), then
         # the authors merged into the current version (standing_of on the networked path).
-        self._standing: frozenset[str] = frozenset({self.peers[0].name}) if self.peers else frozenset()
+        self._founder: str | None = self.peers[0].name if self.peers else None
+        self._standing: frozenset[str] = frozenset() if self._founder is None else frozenset({self._founder})
         # Each peer's own history entries of the latest rounds (who is cooling off, as it sees it).
         self._entries: dict[str, list[tuple[int, tuple[Contribution, ...]]]] = {p.name: [] for p in self.peers}
         self._merged: dict[bytes, bytes] = {}  # payloads merged into the current version
@@ -169,7 +170,7 @@ class Simulation:
                        for name, u in updates.items() if name not in late}
         admitted = admit(self.round, commitments, standing=self._standing, work=self._work).admitted
         checkers = checker_table(self.round, admitted, self.config.vote.checkers_per_update, self._standing,
-                                 self.version)
+                                 self.version, self._founder)
         cap = max_samples(self.config)
         ballots: dict[str, dict[bytes, Vote]] = {}
         colluders = {p.name for p in self.peers if faults.colludes(p.contributor.fault)}
@@ -191,7 +192,7 @@ class Simulation:
             ballots[peer.name] = {d: Vote(v.accept, v.reason) for d, v in verdicts.items()}
         decision = decide(self.round, self.version, commitments, ballots,
                           checkers_per_update=self.config.vote.checkers_per_update,
-                          max_samples=cap, standing=self._standing, work=self._work)
+                          max_samples=cap, standing=self._standing, work=self._work, founder=self._founder)
         merged = merge_round(self.params, self.version,
                              {d: (decision.weights[d], submissions[d].payload or b"") for d in decision.accepted},
                              self.outer, codec=self.config.codec, clip_ratio=self.config.vote.max_norm_ratio)

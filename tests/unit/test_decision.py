@@ -134,8 +134,8 @@ def test_a_founder_stops_a_colluding_majority_present_from_round_0() -> None:
     honest, sybils = ["h1", "h2", "h3"], ["s1", "s2", "s3", "s4"]
     commits = {p: Commitment(p, hashlib.blake2b(p.encode(), digest_size=32).digest(), 8) for p in honest + sybils}
 
-    def ballots(standing: set[str], parent: bytes) -> dict[str, dict[bytes, Vote]]:
-        table = checker_table(0, commits, 2, standing, parent=parent)
+    def ballots(standing: set[str], parent: bytes, founder: str | None) -> dict[str, dict[bytes, Vote]]:
+        table = checker_table(0, commits, 2, standing, parent=parent, founder=founder)
         out: dict[str, dict[bytes, Vote]] = {}
         for digest, who in table.items():
             author = next(a for a, c in commits.items() if c.digest == digest)
@@ -144,18 +144,35 @@ def test_a_founder_stops_a_colluding_majority_present_from_round_0() -> None:
                 out.setdefault(voter, {})[digest] = Vote(fellow)
         return out
 
-    def accepted(standing: set[str], parent: bytes) -> set[str]:
-        decision = decide(0, parent, commits, ballots(standing, parent), checkers_per_update=2, max_samples=8,
-                          standing=standing)
+    def accepted(standing: set[str], parent: bytes, founder: str | None = None) -> set[str]:
+        decision = decide(0, parent, commits, ballots(standing, parent, founder), checkers_per_update=2,
+                          max_samples=8, standing=standing, founder=founder)
         return {decision.authors[d] for d in decision.accepted}
 
     parents = [bytes([i]) * 32 for i in range(12)]  # new swarms: the draw differs with the genesis
     # The capture, without a founder: in some new swarms only colluders are merged.
     assert any(accepted(set(), p) and accepted(set(), p) <= set(sybils) for p in parents)
+    # A lone peer with standing that is not the founder has its own update drawn from
+    # everyone else, and there the colluders veto it in some swarms.
+    assert any("h1" not in accepted({"h1"}, p) for p in parents)
     for parent in parents:
-        with_founder = accepted({"h1"}, parent)
-        # The founder's own update is drawn from everyone else: the colluders may veto it.
-        assert {"h2", "h3"} <= with_founder <= set(honest), parent
+        assert {"h2", "h3"} <= accepted({"h1"}, parent) <= set(honest), parent
+        # The founder's own update is not theirs to veto: all honest work is merged.
+        assert accepted({"h1"}, parent, founder="h1") == set(honest), parent
+
+
+def test_the_founder_alone_with_standing_is_not_checked_and_otherwise_is() -> None:
+    commits = {p: Commitment(p, bytes([i]) * 32, 8) for i, p in enumerate("abcdef")}
+    table = checker_table(0, commits, 2, standing={"a"}, founder="a")
+    assert table[commits["a"].digest] == ()
+    assert all(who == ("a",) for d, who in table.items() if d != commits["a"].digest)
+    decision = decide(0, PARENT, commits, {}, checkers_per_update=2, max_samples=8, standing={"a"}, founder="a")
+    assert decision.accepted == (commits["a"].digest,)  # accepted without votes; the rest had none
+    # Once another committer has standing too, the founder is checked like everyone.
+    shared = checker_table(0, commits, 2, standing={"a", "b"}, founder="a")
+    assert shared[commits["a"].digest] == ("b",)
+    # A founder without standing (its update was rejected last round) is checked too.
+    assert len(checker_table(0, commits, 2, standing={"b"}, founder="a")[commits["a"].digest]) == 1
 
 
 def test_a_tie_goes_to_an_author_with_standing_and_never_without_an_accept() -> None:

@@ -17,7 +17,7 @@ from swarmtrain.peer.config import max_samples, preset
 from swarmtrain.peer.round.clock import Phase
 from swarmtrain.peer.round.decision import Vote, decide
 from swarmtrain.peer.round.engine import PUBLISH_MARGIN_S
-from swarmtrain.peer.round.recompute import commitments_of
+from swarmtrain.peer.round.recompute import commitments_of, standing_of
 from swarmtrain.peer.training.worker import TrainingWorker
 
 CONFIG = preset("smoke").replace(task="synthetic")
@@ -41,8 +41,11 @@ def test_peers_in_lockstep_agree_and_reject_the_faulty_one(tmp_path: Path) -> No
         assert {c.peer_id for c in history.accepted} == {fake_peer_id(n) for n in "abc"}
         ballots = {voter: {bytes.fromhex(d): Vote(v.accept, v.reason) for d, v in rec.votes.items()}
                    for voter, rec in table.rows[("votes", r)].items()}
-        pure = decide(r, bytes.fromhex(history.parent_id or ""), commitments_of(commits), ballots,
-                      checkers_per_update=CONFIG.vote.checkers_per_update, max_samples=max_samples(CONFIG))
+        parent = bytes.fromhex(history.parent_id or "")
+        founder = peers[0].ctx.founder
+        pure = decide(r, parent, commitments_of(commits), ballots,
+                      checkers_per_update=CONFIG.vote.checkers_per_update, max_samples=max_samples(CONFIG),
+                      standing=standing_of(peers[0].ctx.store, parent, founder), founder=founder)
         assert pure.next_version == peers[0].state.version
     assert losses[-1] < losses[0]
     assert not any("resync" in line for p in peers for line in p.lines)
