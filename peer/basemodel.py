@@ -85,7 +85,7 @@ def serve_base(exchange: Exchange, model_dir: Path, key_hex: str) -> bool:
     sharded checkpoint's index and shards; False when it has neither (config only)."""
     path = model_dir / WEIGHTS_FILE
     if path.is_file():
-        exchange.serve_provider("base", key_hex, path.read_bytes)
+        exchange.serve_provider("base", key_hex, path.read_bytes, pinned=True)
         return True
     index = model_dir / INDEX_FILE
     if not index.is_file():
@@ -96,9 +96,10 @@ def serve_base(exchange: Exchange, model_dir: Path, key_hex: str) -> bool:
         return False  # this machine's own checkpoint: it loads it or fails on its own terms
     if not all((model_dir / n).is_file() for n in names):
         return False
-    exchange.serve_provider("base", key_hex, index.read_bytes)
+    # Pinned: served while this peer runs, however many updates and states come after.
+    exchange.serve_provider("base", key_hex, index.read_bytes, pinned=True)
     for name in names:
-        exchange.serve_provider("base", shard_key(key_hex, name), (model_dir / name).read_bytes)
+        exchange.serve_provider("base", shard_key(key_hex, name), (model_dir / name).read_bytes, pinned=True)
     return True
 
 

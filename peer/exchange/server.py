@@ -64,6 +64,7 @@ class StoredBlob:
 
     data: bytes | None
     provider: BlobProvider | None
+    pinned: bool = False  # offered for the peer's lifetime: never evicted
 
     @property
     def held_bytes(self) -> int:
@@ -74,7 +75,10 @@ class BlobStore:
     """Blobs this peer serves, keyed by (kind, digest hex), oldest evicted first.
 
     Bounded by total bytes held and by entry count. Provider entries hold no bytes (they
-    count against the entry bound only). Thread-safe: the round engine adds blobs from
+    count against the entry bound only), so the byte bound evicts only entries that hold
+    bytes. Pinned entries (a peer's base weights, offered for its whole life) are never
+    evicted and count against neither bound: a long swarm's updates used to push them
+    out, and ``--fetch-base`` joiners then found no holder. Thread-safe: the round engine adds blobs from
     its thread while the event loop thread serves them.
     """
 
@@ -99,12 +103,14 @@ class BlobStore:
             )
         self._insert((check_kind(kind), check_digest_hex(digest_hex)), StoredBlob(data=data, provider=None))
 
-    def put_provider(self, kind: str, digest_hex: str, provider: BlobProvider) -> None:
+    def put_provider(self, kind: str, digest_hex: str, provider: BlobProvider, *, pinned: bool = False) -> None:
         """Offer a blob whose bytes ``provider()`` produces on each request (in a worker
-        thread). Cache inside the provider if producing them is expensive."""
+        thread). Cache inside the provider if producing them is expensive. ``pinned``:
+        never evicted (only :meth:`remove` withdraws it)."""
         if not callable(provider):
             raise TypeError(f"provider must be callable, got {type(provider).__name__}")
-        self._insert((check_kind(kind), check_digest_hex(digest_hex)), StoredBlob(data=None, provider=provider))
+        self._insert((check_kind(kind), check_digest_hex(digest_hex)),
+                     StoredBlob(data=None, provider=provider, pinned=pinned))
 
     def remove(self, kind: str, digest_hex: str) -> bool:
         """Stop offering a blob; True if it was there."""
@@ -139,10 +145,20 @@ class BlobStore:
                 self._held -= old.held_bytes
             self._entries[key] = entry  # re-offering moves a blob to the young end
             self._held += entry.held_bytes
-            while self._held > self.max_bytes or len(self._entries) > self.max_entries:
-                evicted_key, evicted = self._entries.popitem(last=False)
-                self._held -= evicted.held_bytes
-                logger.debug("evicted blob %s/%s (%d bytes)", *evicted_key, evicted.held_bytes)
+            if self._held > self.max_bytes:
+                self._evict(lambda e: e.held_bytes > 0, lambda: self._held > self.max_bytes)
+            pinned = sum(1 for e in self._entries.values() if e.pinned)
+            if len(self._entries) - pinned > self.max_entries:
+                self._evict(lambda e: not e.pinned, lambda: len(self._entries) - pinned > self.max_entries)
+
+    def _evict(self, evictable: Callable[[StoredBlob], bool], over: Callable[[], bool]) -> None:
+        """Drop the oldest ``evictable`` entries while ``over()`` (lock held)."""
+        for key in [k for k, e in self._entries.items() if evictable(e)]:
+            if not over():
+                return
+            evicted = self._entries.pop(key)
+            self._held -= evicted.held_bytes
+            logger.debug("evicted blob %s/%s (%d bytes)", *key, evicted.held_bytes)
 
 
 @dataclass(slots=True)

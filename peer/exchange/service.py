@@ -160,9 +160,10 @@ class Exchange:
         """Offer ``data`` as blob (kind, digest_hex) to every peer until evicted or removed."""
         self.store.put(kind, digest_hex, data)
 
-    def serve_provider(self, kind: str, digest_hex: str, provider: BlobProvider) -> None:
-        """Offer a blob produced by ``provider()`` on each request (for large states)."""
-        self.store.put_provider(kind, digest_hex, provider)
+    def serve_provider(self, kind: str, digest_hex: str, provider: BlobProvider, *, pinned: bool = False) -> None:
+        """Offer a blob produced by ``provider()`` on each request (for large states);
+        ``pinned``: for this peer's whole life, never evicted (base weights)."""
+        self.store.put_provider(kind, digest_hex, provider, pinned=pinned)
 
     def unserve(self, kind: str, digest_hex: str) -> bool:
         """Stop offering a blob; True if it was offered."""

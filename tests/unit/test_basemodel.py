@@ -32,7 +32,8 @@ class _Peers:
             raise BlobNotFound(f"{peer} does not hold it", peer_id=peer)
         return data
 
-    def serve_provider(self, kind: str, key: str, provider: object) -> None:
+    def serve_provider(self, kind: str, key: str, provider: object, *, pinned: bool = False) -> None:
+        assert pinned, "base weights must be pinned: served for the peer's whole life"
         self.offered[(kind, key)] = provider
 
 
