@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/swarmtrain demo --peers 3 --rounds 12
+	$(BIN)/swarmtrain demo --peers 3 --rounds 20
 
 simulate: setup
 	$(BIN)/swarmtrain simulate --peers 4 --rounds 8 --fault sign-flip

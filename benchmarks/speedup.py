@@ -18,7 +18,7 @@ Prints ONE JSON document. Every loss is measured on the same held-out batches
 
     python benchmarks/speedup.py                # both parts (~35 min on 2 cores)
     python benchmarks/speedup.py --part sim --ks 4
-    python benchmarks/speedup.py --part real --rounds 12
+    python benchmarks/speedup.py --part real --rounds 20   # make demo's length
 """
 
 from __future__ import annotations
@@ -266,7 +266,7 @@ def main() -> int:
     parser.add_argument("--inner-optim", choices=INNER_OPTIMIZERS, default="adamw",
                         help="the swarm peers' inner optimizer (the lone peer and data-parallel keep AdamW)")
     parser.add_argument("--peers", type=int, default=3, help="real swarm size")
-    parser.add_argument("--rounds", type=int, default=12, help="real swarm rounds")
+    parser.add_argument("--rounds", type=int, default=20, help="real swarm rounds (default 20, as make demo)")
     parser.add_argument("--preset", default="demo", help="real swarm preset")
     parser.add_argument("--lone-seconds", type=float, default=40.0)
     args = parser.parse_args()
