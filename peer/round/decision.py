@@ -196,8 +196,12 @@ def checker_table(round_index: int, commitments: Mapping[str, Commitment], k: in
     if not with_standing:
         return everyone
     (lone,) = with_standing
-    own = () if lone == founder else None
-    return {d: (everyone[d] if own is None else own) if author == lone else (lone,) for d, author in authors.items()}
+
+    def checkers(digest: bytes, author: str) -> tuple[str, ...]:
+        if author != lone:
+            return (lone,)
+        return () if lone == founder else everyone[digest]
+    return {d: checkers(d, author) for d, author in authors.items()}
 
 
 def decide(
